@@ -173,9 +173,18 @@ class Frozen(keras.layers.Wrapper):
         self._frozen = _check_bool("frozen", value)
 
     def call(self, inputs, training=None):
-        if self.frozen:
+        if not self.frozen:
+            return self.layer(inputs, training=training)
+        # Keras stores an explicit `training=False` in the call context that
+        # is shared by the whole outer call, so layers called after this one
+        # in a subclassed model would inherit it (Dropout silently off).
+        # Restore the outer value once the wrapped layer has run.
+        context = self._get_call_context()
+        outer_training = context.get_value("training")
+        try:
             return self.layer(inputs, training=False)
-        return self.layer(inputs, training=training)
+        finally:
+            context.set_value("training", outer_training)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -184,3 +193,9 @@ class Frozen(keras.layers.Wrapper):
         config = super().get_config()
         config["frozen"] = self.frozen
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # `Wrapper.from_config` pops "layer" from the dict it is given; work
+        # on a copy so the caller's config stays intact.
+        return super().from_config(dict(config), custom_objects=custom_objects)
