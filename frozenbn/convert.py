@@ -186,20 +186,42 @@ def _weights_known(model: keras.Model) -> bool:
 def _copy(model: keras.Model) -> keras.Model:
     copy = keras.models.clone_model(model)
     source, target = model.weights, copy.weights
-    if [w.shape for w in source] != [w.shape for w in target] or [
-        w.path for w in source
-    ] != [w.path for w in target]:
+    mismatch = _first_mismatch(
+        _layer_names(model) + [(w.name, w.shape) for w in source],
+        _layer_names(copy) + [(w.name, w.shape) for w in target],
+    )
+    if mismatch:
         raise RuntimeError(
-            f"Copying model '{model.name}' did not reproduce its weights "
-            "(a layer's config does not rebuild it). Convert it in place "
-            "with `frozenbn.convert(model, inplace=True)` instead."
+            f"Copying model '{model.name}' did not reproduce its layers and "
+            f"weights ({mismatch}): a layer's config does not rebuild it. "
+            "Convert it in place with `frozenbn.convert(model, "
+            "inplace=True)` instead."
         )
     for src, dst in zip(source, target):
-        dst.assign(src.value)
+        # A real copy: on JAX `assign` would otherwise share the buffer, and
+        # `fit` on the copy donates (deletes) it under the original.
+        dst.assign(keras.ops.copy(src.value))
     _copy_trainable_flags(model, copy)
     if getattr(model, "compiled", False) and not copy.compiled:
         copy.compile_from_config(model.get_compile_config())
     return copy
+
+
+def _first_mismatch(expected: list, got: list) -> str:
+    for a, b in zip(expected, got):
+        if a != b:
+            return f"expected {a}, got {b}"
+    if len(expected) != len(got):
+        return f"expected {len(expected)} layers and weights, got {len(got)}"
+    return ""
+
+
+def _layer_names(model: keras.Model) -> list:
+    # Input layers get fresh names in a clone; their position still counts.
+    return [
+        None if isinstance(layer, keras.layers.InputLayer) else layer.name
+        for layer in _walk.iter_layers(model)
+    ]
 
 
 def _copy_trainable_flags(model: keras.Model, copy: keras.Model) -> None:
