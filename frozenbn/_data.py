@@ -1,0 +1,273 @@
+"""Turning the `data` argument of frozenbn's tools into batches.
+
+`recalibrate`, `audit` and the callbacks accept what `model.fit` accepts as
+`x` (minus the `y=` argument): arrays, `(x, y[, sample_weight])` tuples,
+`tf.data.Dataset`s, `keras.utils.PyDataset`s and Python iterables of
+batches. `iter_batches` yields the model inputs of each batch;
+`iter_xy` also keeps the labels and sample weights.
+"""
+
+import math
+from typing import Any
+from typing import Iterator
+from typing import Optional
+from typing import Tuple
+
+import keras
+import numpy as np
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def iter_batches(
+    data: Any, steps: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> Iterator[Any]:
+    """Yields the model-input part `x` of each batch of `data`.
+
+    Args:
+        data: One of
+            - a NumPy array (or anything `np.asarray` accepts with a leading
+              sample axis), a list of arrays (a multi-input model's inputs)
+              or a dict of arrays (named inputs): batched by `batch_size`,
+              in order, the last batch possibly smaller;
+            - a tuple `(x,)`, `(x, y)` or `(x, y, sample_weight)` of such
+              inputs (Keras's convention): `x` is batched, the rest is
+              dropped;
+            - a batched `tf.data.Dataset` yielding `x` or `(x, y[, w])`;
+            - a `keras.utils.PyDataset` returning `x` or `(x, y[, w])`;
+            - any other iterable or generator of such batches.
+            As in `model.fit`, a batch that is a tuple or a list is read as
+            `(x, y[, w])`; give a multi-input model's batch as `((a, b),)`
+            or a dict.
+        steps: Optional number of batches to take. Required for infinite
+            data (a repeated dataset, an endless generator); `None` takes
+            everything.
+        batch_size: Batch size for array inputs. Ignored for data that is
+            already batched. Defaults to 32.
+
+    Yields:
+        `x` of each batch, with its structure (array, list, dict) kept.
+
+    Raises:
+        TypeError: `data` is of a type that cannot be batched.
+        ValueError: `data` is empty, arrays disagree on their number of
+            samples, `steps`/`batch_size` are not positive, or a dataset is
+            infinite and `steps` is `None`.
+
+    Example:
+
+    >>> batches = list(iter_batches(np.zeros((70, 3)), batch_size=32))
+    >>> [b.shape[0] for b in batches]
+    [32, 32, 6]
+    """
+    for x, _, _ in iter_xy(data, steps=steps, batch_size=batch_size):
+        yield x
+
+
+def iter_xy(
+    data: Any, steps: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> Iterator[Tuple[Any, Any, Any]]:
+    """Like `iter_batches`, but yields `(x, y, sample_weight)` triples.
+
+    `y` and `sample_weight` are `None` where `data` has none.
+
+    Example:
+
+    >>> x, y, w = next(iter_xy((np.zeros((4, 2)), np.ones(4))))
+    >>> x.shape, y.shape, w
+    ((4, 2), (4,), None)
+    """
+    steps = _check_positive_int("steps", steps, allow_none=True)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    source = _source(data, steps, batch_size)
+    taken = 0
+    for batch in source:
+        if steps is not None and taken >= steps:
+            break
+        # Batches follow Keras's rule: a tuple or list is (x, y[, w]).
+        x, y, w = keras.utils.unpack_x_y_sample_weight(batch)
+        if x is None:
+            raise ValueError(
+                f"Batch {taken} of the data has no inputs (x is None). Each "
+                "batch must be `x` or a tuple `(x, y[, sample_weight])`."
+            )
+        taken += 1
+        yield x, y, w
+    if taken == 0:
+        raise ValueError(
+            "The data yielded no batches. Pass a non-empty array, dataset or "
+            "generator (a generator can be consumed only once: create a new "
+            "one for each call)."
+        )
+
+
+def count_steps(
+    data: Any, steps: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> Optional[int]:
+    """How many batches `iter_batches(data, steps, batch_size)` will yield.
+
+    Returns `None` when that cannot be known without consuming the data
+    (generators, iterables without a length, datasets of unknown
+    cardinality); used as the progress bar's target.
+
+    Example:
+
+    >>> count_steps(np.zeros((70, 3)), batch_size=32)
+    3
+    >>> count_steps(np.zeros((70, 3)), steps=2)
+    2
+    """
+    steps = _check_positive_int("steps", steps, allow_none=True)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    known = None
+    if _is_array_structure(data):
+        n = _num_samples(data)
+        known = math.ceil(n / batch_size) if n is not None else None
+    elif isinstance(data, tuple) and data and _is_array_structure(data[0]):
+        n = _num_samples(data[0])
+        known = math.ceil(n / batch_size) if n is not None else None
+    elif _is_tf_dataset(data):
+        cardinality = int(data.cardinality())
+        known = cardinality if cardinality >= 0 else None
+    elif isinstance(data, keras.utils.PyDataset):
+        try:
+            known = data.num_batches
+        except NotImplementedError:
+            known = None
+    if known is None:
+        return steps
+    return known if steps is None else min(known, steps)
+
+
+def _source(data: Any, steps: Optional[int], batch_size: int):
+    if data is None:
+        raise TypeError(
+            "`data` is None. Pass the inputs to compute statistics on: an "
+            "array, a tuple (x, y), a tf.data.Dataset, a "
+            "keras.utils.PyDataset or a generator of batches."
+        )
+    if isinstance(data, (str, bytes)):
+        raise TypeError(
+            f"`data` must be arrays or batches, not a {type(data).__name__}. "
+            "To use a directory of images, load it first, e.g. with "
+            "`keras.utils.image_dataset_from_directory(path)`."
+        )
+    if _is_array_structure(data):
+        # A top-level list or dict is the inputs of a multi-input model, as
+        # in `model.fit(x=[a, b])`; wrap it so it is not read as (x, y).
+        return _slice_arrays((data,), batch_size)
+    if isinstance(data, tuple):
+        if not 1 <= len(data) <= 3:
+            raise ValueError(
+                "A tuple `data` must be (x,), (x, y) or (x, y, "
+                f"sample_weight). Received a tuple of {len(data)} elements. "
+                "For a multi-input model pass the inputs as a list or dict."
+            )
+        if _is_array_structure(data[0]):
+            return _slice_arrays(data, batch_size)
+        raise TypeError(
+            "The first element of a `data` tuple must be the input array(s). "
+            f"Received: {type(data[0]).__name__}."
+        )
+    if _is_tf_dataset(data):
+        if int(data.cardinality()) == -1 and steps is None:  # INFINITE
+            raise ValueError(
+                "The tf.data.Dataset is infinite (it repeats). Pass `steps`, "
+                "the number of batches to use."
+            )
+        return data.as_numpy_iterator()
+    if isinstance(data, keras.utils.PyDataset):
+        return iter(data)
+    if hasattr(data, "__iter__") or hasattr(data, "__next__"):
+        return iter(data)
+    raise TypeError(
+        f"Cannot make batches from `data` of type {type(data).__name__}. "
+        "Pass a NumPy array, a tuple (x, y), a list/dict of arrays, a "
+        "tf.data.Dataset, a keras.utils.PyDataset or a generator of batches."
+    )
+
+
+def _slice_arrays(structure, batch_size: int):
+    arrays = keras.tree.map_structure(_as_array, structure)
+    n = _num_samples(arrays)
+    if n == 0:
+        raise ValueError(
+            "The data arrays are empty (0 samples). Pass at least one sample."
+        )
+    for start in range(0, n, batch_size):
+        yield keras.tree.map_structure(
+            lambda a: a[start : start + batch_size], arrays
+        )
+
+
+def _as_array(a):
+    if a is None:
+        return None
+    return a if isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def _is_array(a) -> bool:
+    if isinstance(a, np.ndarray):
+        return True
+    # Backend tensors and other array-likes (jax.Array, torch.Tensor,
+    # tf.Tensor) expose a shape and convert with np.asarray.
+    return (
+        hasattr(a, "shape")
+        and hasattr(a, "__array__")
+        and not (_is_tf_dataset(a))
+    )
+
+
+def _is_array_structure(data) -> bool:
+    if _is_array(data):
+        return True
+    if isinstance(data, (list, dict)) and data:
+        leaves = keras.tree.flatten(data)
+        return bool(leaves) and all(_is_array(leaf) for leaf in leaves)
+    return False
+
+
+def _num_samples(structure) -> Optional[int]:
+    sizes = set()
+    for leaf in keras.tree.flatten(structure):
+        if leaf is None:
+            continue
+        shape = np.shape(leaf)
+        if len(shape) == 0:
+            raise ValueError(
+                "Input arrays need a leading sample axis; received a scalar. "
+                "Reshape it to (num_samples, ...)."
+            )
+        sizes.add(int(shape[0]))
+    if len(sizes) > 1:
+        raise ValueError(
+            "The data arrays have different numbers of samples: "
+            f"{sorted(sizes)}. Inputs, labels and sample weights must agree "
+            "on the first axis. (If the list holds batches rather than "
+            "the inputs of a multi-input model, pass `iter(batches)`.)"
+        )
+    return sizes.pop() if sizes else None
+
+
+def _is_tf_dataset(data) -> bool:
+    # Without importing TensorFlow: tf.data classes live in this module tree.
+    return any(
+        cls.__module__.startswith("tensorflow.python.data")
+        for cls in type(data).__mro__
+    )
+
+
+def _check_positive_int(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"`{name}` must be a positive int"
+            + (" or None" if allow_none else "")
+            + f". Received: {name}={value!r}"
+        )
+    if value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive int. Received: {name}={value}"
+        )
+    return int(value)

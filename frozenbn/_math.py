@@ -1,0 +1,180 @@
+"""The numeric core shared by frozenbn's tools.
+
+- `fold_scale_bias`: the affine form `y = x * scale + bias` of a BN layer in
+  inference mode, used by `fold` (and available to the frozen path).
+- `batch_moments`: per-channel mean, biased variance and sample count of one
+  batch, with Keras BN's mask convention, in `keras.ops`.
+- `PooledMoments`: the exact population mean and variance of a stream of
+  batches from their per-batch moments (the precise-BN estimator).
+"""
+
+from typing import Optional
+from typing import Sequence
+from typing import Tuple
+
+import numpy as np
+from keras import ops
+
+
+def fold_scale_bias(
+    gamma: Optional[np.ndarray],
+    beta: Optional[np.ndarray],
+    mean: np.ndarray,
+    var: np.ndarray,
+    eps: float,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Returns `(scale, bias)` with `BN(x) = x * scale + bias` in inference.
+
+    `scale = gamma / sqrt(var + eps)` and `bias = beta - mean * scale`, the
+    algebra of torch's `fuse_conv_bn_weights` and TFMOT. The arithmetic is
+    done in float64 and the result rounded once to float32, so the folded
+    weights carry one rounding error rather than several.
+
+    Args:
+        gamma: Per-channel scale, or `None` for a layer with `scale=False`
+            (treated as ones).
+        beta: Per-channel offset, or `None` for a layer with `center=False`
+            (treated as zeros).
+        mean: Per-channel moving mean.
+        var: Per-channel moving variance (for renorm layers, the derived
+            `moving_variance`, not `moving_stddev`).
+        eps: The layer's `epsilon`.
+
+    Returns:
+        A tuple of two float32 NumPy arrays of shape `mean.shape`.
+
+    Example:
+
+    >>> scale, bias = fold_scale_bias(None, None, np.array([1.0]),
+    ...                               np.array([4.0]), 0.0)
+    >>> scale.tolist(), bias.tolist()
+    ([0.5], [-0.5])
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    var = np.asarray(var, dtype=np.float64)
+    gamma = (
+        np.ones_like(mean) if gamma is None else np.asarray(gamma, np.float64)
+    )
+    beta = np.zeros_like(mean) if beta is None else np.asarray(beta, np.float64)
+    scale = gamma / np.sqrt(var + float(eps))
+    bias = beta - mean * scale
+    return scale.astype(np.float32), bias.astype(np.float32)
+
+
+def batch_moments(x, axis: int, mask=None):
+    """Per-channel mean, biased variance and count of one batch.
+
+    Two-pass (`mean((x - mean)^2)`) in float32 or wider, which is more
+    accurate than `E[x^2] - E[x]^2` when the mean is large. A `mask` follows
+    Keras BN's convention: it has the shape of `x` without the last axis, and
+    masked-out positions count neither in the sums nor in the count.
+
+    Args:
+        x: A tensor of rank >= 2.
+        axis: The channel axis.
+        mask: Optional boolean-like tensor, see above.
+
+    Returns:
+        `(mean, variance, count)`: two per-channel tensors and the number of
+        positions per channel (a Python int, or a scalar tensor when masked).
+
+    Example:
+
+    >>> m, v, n = batch_moments(np.array([[1.0], [3.0]], "float32"), axis=-1)
+    >>> float(m[0]), float(v[0]), n
+    (2.0, 1.0, 2)
+    """
+    x = ops.cast(x, _wide_float(x.dtype))
+    rank = len(x.shape)
+    axis = axis % rank
+    axes = [i for i in range(rank) if i != axis]
+    if mask is None:
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        var = ops.mean(ops.square(x - mean), axis=axes)
+        count = 1
+        for i in axes:
+            count *= int(ops.shape(x)[i])
+        return ops.squeeze(mean, axis=axes), var, count
+    weights = ops.cast(ops.expand_dims(mask, axis=-1), x.dtype)
+    weights = ops.broadcast_to(weights, ops.shape(x))
+    total = ops.sum(weights, axis=axes, keepdims=True)
+    safe_total = ops.maximum(total, 1.0)
+    mean = ops.sum(x * weights, axis=axes, keepdims=True) / safe_total
+    var = ops.sum(ops.square(x - mean) * weights, axis=axes) / ops.squeeze(
+        safe_total, axis=axes
+    )
+    # Every channel sees the same positions: the count is per position.
+    count = ops.sum(ops.take(ops.reshape(total, (-1,)), 0))
+    return ops.squeeze(mean, axis=axes), var, count
+
+
+def _wide_float(dtype) -> str:
+    # Statistics of float16/bfloat16 activations overflow; compute them in
+    # float32 (float64 stays float64).
+    return "float64" if "float64" in str(dtype) else "float32"
+
+
+class PooledMoments:
+    """Exact population mean and variance pooled from per-batch moments.
+
+    Each batch contributes its per-channel mean `m_b`, its *biased* variance
+    `v_b` (what `keras.ops.moments` returns) and its count `N_b` (positions
+    per channel: batch size times spatial size, or the unmasked count). The
+    result is the mean and biased variance of all positions of all batches
+    together, exactly as if they had been one batch: fvcore's
+    `_PopulationVarianceEstimator` (`sq_b = m_b^2 + v_b`, weights `N_b`),
+    computed with Chan et al.'s pairwise update, which is algebraically the
+    same but does not cancel catastrophically when `|mean| >> std`.
+    Accumulation is in float64.
+
+    Reference:
+        - [Wu and Johnson, 2021](https://arxiv.org/abs/2105.07576),
+          "Rethinking 'Batch' in BatchNorm", Sec. 3.
+        - Chan, Golub and LeVeque, 1979, "Updating formulae and a pairwise
+          algorithm for computing sample variances".
+
+    Example:
+
+    >>> pooled = PooledMoments()
+    >>> pooled.update([1.0], [0.0], 1)  # the batch {1}
+    >>> pooled.update([4.0], [1.0], 2)  # the batch {3, 5}
+    >>> pooled.mean.tolist(), pooled.variance.tolist(), pooled.count
+    ([3.0], [2.6666666666666665], 3.0)
+    """
+
+    def __init__(self):
+        self.count = 0.0
+        self.mean = None
+        self._m2 = None  # sum of squared deviations from the running mean
+
+    def update(
+        self, mean: Sequence[float], var: Sequence[float], count
+    ) -> None:
+        """Adds one batch's per-channel mean, biased variance and count."""
+        mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+        var = np.asarray(var, dtype=np.float64).reshape(-1)
+        count = float(count)
+        if count <= 0:
+            return
+        if self.mean is None:
+            self.count, self.mean, self._m2 = count, mean, var * count
+            return
+        if mean.shape != self.mean.shape:
+            raise ValueError(
+                f"Batch statistics have {mean.shape[0]} channels but earlier "
+                f"batches had {self.mean.shape[0]}."
+            )
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self._m2 = (
+            self._m2 + var * count + delta**2 * (self.count * count / total)
+        )
+        self.count = total
+
+    @property
+    def variance(self) -> Optional[np.ndarray]:
+        """The biased population variance, or `None` before any batch."""
+        if self.mean is None:
+            return None
+        return np.maximum(self._m2 / self.count, 0.0)

@@ -1,0 +1,348 @@
+"""Tests for `frozenbn.recalibrate` (precise BN) and its data/math helpers."""
+
+import numpy as np
+import pytest
+
+import keras
+from keras import ops
+
+import frozenbn
+from frozenbn import _data
+from frozenbn import _math
+from frozenbn.recalibrate import recalibrate
+
+RTOL = 1e-5  # the DESIGN target: numpy population statistics within 1e-5
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+def _stats(layer):
+    return _np(layer.moving_mean), _np(layer.moving_variance)
+
+
+def _assert_population(layer, values, axis=-1):
+    """`layer`'s moving statistics are the population stats of `values`."""
+    values = np.asarray(values, np.float64)
+    axes = tuple(i for i in range(values.ndim) if i != axis % values.ndim)
+    mean, var = _stats(layer)
+    np.testing.assert_allclose(mean, values.mean(axes), rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose(var, values.var(axes), rtol=RTOL)
+
+
+def _weights_by_path(model):
+    return {w.path: _np(w).copy() for w in model.weights}
+
+
+# The math --------------------------------------------------------------
+
+
+def test_pooled_moments_equal_numpy_over_unequal_batches():
+    rng = np.random.default_rng(0)
+    data = rng.normal(1e3, 0.5, (101, 4))  # large mean: no cancellation
+    pooled = _math.PooledMoments()
+    for start in (0, 40, 90, 100):
+        chunk = data[start : {0: 40, 40: 90, 90: 100, 100: 101}[start]]
+        pooled.update(chunk.mean(0), chunk.var(0), len(chunk))
+    np.testing.assert_allclose(pooled.mean, data.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(pooled.variance, data.var(0), rtol=1e-9)
+    assert pooled.count == 101
+
+
+def test_fold_scale_bias_defaults_and_values():
+    scale, bias = _math.fold_scale_bias(
+        np.array([2.0]), np.array([1.0]), np.array([3.0]), np.array([3.0]), 1.0
+    )
+    assert scale.dtype == np.float32 and bias.dtype == np.float32
+    np.testing.assert_allclose(scale, [1.0])
+    np.testing.assert_allclose(bias, [-2.0])
+    scale, bias = _math.fold_scale_bias(None, None, [0.5], [0.0], 0.25)
+    np.testing.assert_allclose(scale, [2.0])
+    np.testing.assert_allclose(bias, [-1.0])
+
+
+def test_batch_moments_masked_counts_unmasked_positions():
+    x = np.arange(12, dtype="float32").reshape(2, 3, 2)
+    mask = np.array([[1, 1, 0], [1, 0, 0]], bool)
+    mean, var, count = _math.batch_moments(x, -1, mask)
+    kept = x[mask]
+    assert float(_np(count)) == 3
+    np.testing.assert_allclose(_np(mean), kept.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(_np(var), kept.var(0), rtol=1e-6)
+
+
+# Data handling ---------------------------------------------------------
+
+
+def test_iter_batches_forms_and_counts():
+    x = np.arange(70, dtype="float32").reshape(35, 2)
+    y = np.zeros(35)
+    sizes = lambda data, **kw: [len(b) for b in _data.iter_batches(data, **kw)]
+    assert sizes(x, batch_size=16) == [16, 16, 3]
+    assert sizes((x, y), batch_size=16) == [16, 16, 3]
+    assert sizes((x, y, y), batch_size=16, steps=2) == [16, 16]
+    assert _data.count_steps(x, batch_size=16) == 3
+    assert _data.count_steps(x, steps=2, batch_size=16) == 2
+    assert _data.count_steps(iter([x])) is None
+    multi = list(_data.iter_batches([x, x], batch_size=20))
+    assert [type(b) for b in multi] == [list, list]
+    gen = ((x[i : i + 5], y[i : i + 5]) for i in range(0, 35, 5))
+    assert sizes(gen) == [5] * 7
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (None, TypeError),
+        ("images/", TypeError),
+        (3, TypeError),
+        (np.zeros((0, 3)), ValueError),
+        ([np.zeros((3, 1)), np.zeros((4, 1))], ValueError),
+        (iter([]), ValueError),
+        ((np.zeros((3, 1)),) * 4, ValueError),
+    ],
+)
+def test_iter_batches_rejects_bad_data(data, error):
+    with pytest.raises(error):
+        list(_data.iter_batches(data))
+
+
+@pytest.mark.parametrize("steps", [0, -1, 1.5, True])
+def test_iter_batches_rejects_bad_steps(steps):
+    with pytest.raises((TypeError, ValueError), match="steps"):
+        list(_data.iter_batches(np.zeros((3, 1)), steps=steps))
+
+
+# recalibrate -----------------------------------------------------------
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_input_bn_matches_numpy_population(axis):
+    rng = np.random.default_rng(1)
+    x = rng.normal(5.0, 2.0, (70, 4, 4, 3)).astype("float32")
+    model = keras.Sequential(
+        [keras.Input(x.shape[1:]), keras.layers.BatchNormalization(axis=axis)]
+    )
+    # 70 samples in batches of 32, 32 and 6: the last batch is smaller.
+    assert recalibrate(model, x, verbose=0) == 1
+    _assert_population(model.layers[0], x, axis=axis)
+
+
+@pytest.mark.smoke
+def test_conv_bn_and_downstream_bn_follow_fit_semantics():
+    rng = np.random.default_rng(2)
+    x = rng.normal(3.0, 2.0, (70, 6, 6, 2)).astype("float32")
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn1")(h)
+    h = keras.layers.Dropout(0.5)(h)
+    h = frozenbn.BatchNormalization(name="bn2", frozen=True, epsilon=1e-3)(h)
+    model = keras.Model(inputs, h)
+    before = _weights_by_path(model)
+
+    assert recalibrate(model, (x, np.zeros(70)), batch_size=32, verbose=0) == 2
+
+    conv_out = _np(model.get_layer("conv")(x)).astype(np.float64)
+    _assert_population(model.get_layer("bn1"), conv_out)
+    # bn2 sees bn1's output normalized with each batch's statistics (as in
+    # fit; gamma=1, beta=0) and Dropout off.
+    normalized = np.concatenate(
+        [
+            (c - c.mean((0, 1, 2))) / np.sqrt(c.var((0, 1, 2)) + 1e-3)
+            for c in (conv_out[:32], conv_out[32:64], conv_out[64:])
+        ]
+    )
+    _assert_population(model.get_layer("bn2"), normalized)
+
+    after = _weights_by_path(model)
+    for path, value in before.items():
+        if "moving_" in path:
+            assert not np.array_equal(value, after[path]), path
+        else:
+            np.testing.assert_array_equal(value, after[path], err_msg=path)
+    for name in ("bn1", "bn2"):
+        assert "call" not in vars(model.get_layer(name))
+    assert model.get_layer("bn2").frozen is True
+    assert model.get_layer("bn1").momentum == 0.99
+
+
+def test_masked_inputs_use_unmasked_positions_only():
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(1, 20, (40, 7))
+    tokens[:, 4:] = 0  # padding
+    tokens[::3, 2:] = 0
+    inputs = keras.Input((7,), dtype="int32")
+    h = keras.layers.Embedding(20, 3, mask_zero=True, name="emb")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = keras.Model(inputs, h)
+    recalibrate(model, tokens, batch_size=16, verbose=0)
+    embedded = _np(model.get_layer("emb")(tokens))
+    _assert_population(model.get_layer("bn"), embedded[tokens != 0])
+
+
+def test_renorm_layer_gets_consistent_stddev():
+    rng = np.random.default_rng(4)
+    x = rng.normal(-2.0, 3.0, (50, 5)).astype("float32")
+    bn = keras.layers.BatchNormalization(renorm=True, epsilon=0.01)
+    model = keras.Sequential([keras.Input((5,)), bn])
+    recalibrate(model, x, batch_size=20, verbose=0)
+    _assert_population(bn, x)
+    np.testing.assert_allclose(
+        _np(bn.moving_stddev), np.sqrt(x.var(0) + 0.01), rtol=RTOL
+    )
+
+
+def test_data_forms_give_identical_statistics():
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(5)
+    x = rng.normal(1.0, 2.0, (45, 3)).astype("float32")
+    y = rng.normal(size=(45, 1)).astype("float32")
+
+    def stats_for(data, **kwargs):
+        bn = keras.layers.BatchNormalization()
+        model = keras.Sequential([keras.Input((3,)), bn])
+        recalibrate(model, data, verbose=0, **kwargs)
+        return np.concatenate(_stats(bn))
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return x[i * 16 : (i + 1) * 16], y[i * 16 : (i + 1) * 16]
+
+    reference = stats_for(x, batch_size=16)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    generator = ((x[i : i + 16], y[i : i + 16]) for i in range(0, 45, 16))
+    for data in (dataset, generator, Batches(), (x, y)):
+        np.testing.assert_allclose(
+            stats_for(data, batch_size=16), reference, rtol=1e-6
+        )
+    # `steps` limits the pass: two batches of 16 only.
+    np.testing.assert_allclose(
+        stats_for(dataset.repeat(), steps=2)[:3], x[:32].mean(0), rtol=1e-5
+    )
+
+
+def test_recalibration_closes_the_fit_evaluate_gap():
+    rng = np.random.default_rng(6)
+    x = rng.normal(10.0, 3.0, (128, 8)).astype("float32")
+    y = (x[:, :1] > 10.0).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16),
+            keras.layers.BatchNormalization(momentum=0.999),
+            keras.layers.ReLU(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+    model.fit(x, y, epochs=5, batch_size=32, verbose=0)
+    # After 20 steps at momentum 0.999 the moving statistics still are
+    # mostly the initial (0, 1): inference is a different model.
+    before_loss = model.evaluate(x, y, verbose=0)
+    before = _weights_by_path(model)
+
+    recalibrate(model, x, batch_size=32, verbose=0)
+
+    after_loss = model.evaluate(x, y, verbose=0)
+    assert after_loss <= before_loss
+    assert after_loss < 0.9 * before_loss  # not just "not worse"
+    after = _weights_by_path(model)
+    for path in before:
+        if "moving_" not in path:
+            np.testing.assert_array_equal(before[path], after[path])
+
+
+def test_single_batch_recalibration_makes_inference_equal_training():
+    # With all data in one batch the population statistics are that batch's
+    # statistics, so inference after recalibration must reproduce the
+    # training-mode forward pass of every BN layer of a real backbone.
+    rng = np.random.default_rng(7)
+    x = rng.uniform(0, 1, (8, 32, 32, 3)).astype("float32")
+    model = keras.applications.MobileNetV2(
+        weights=None, include_top=False, input_shape=(32, 32, 3)
+    )
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    expected = _np(reference(x, training=True))  # updates only the clone
+
+    n = recalibrate(model, x, batch_size=8, verbose=0)
+
+    assert n == len(frozenbn._walk.batch_norm_layers(model)) == 52
+    got = _np(model(x, training=False))
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, atol=1e-4 * scale)
+
+
+def test_include_selects_layers_and_others_keep_statistics():
+    x = np.random.default_rng(8).normal(2.0, 1.0, (20, 3)).astype("float32")
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.BatchNormalization(name="a"),
+            keras.layers.BatchNormalization(name="b"),
+        ]
+    )
+    n = recalibrate(model, x, verbose=0, include=lambda l: l.name == "b")
+    assert n == 1
+    mean_a, var_a = _stats(model.get_layer("a"))
+    np.testing.assert_array_equal(mean_a, np.zeros(3))
+    np.testing.assert_array_equal(var_a, np.ones(3))
+    # "a" keeps running with its (initial) moving statistics.
+    _assert_population(model.get_layer("b"), x / np.sqrt(1 + 1e-3))
+
+
+def test_failure_mid_pass_changes_nothing():
+    model = keras.Sequential(
+        [keras.Input((2,)), keras.layers.BatchNormalization(name="bn")]
+    )
+
+    def broken():
+        yield np.ones((4, 2), "float32") * 7
+        raise RuntimeError("data pipeline failed")
+
+    with pytest.raises(RuntimeError, match="data pipeline failed"):
+        recalibrate(model, broken(), verbose=0)
+    bn = model.get_layer("bn")
+    assert "call" not in vars(bn)
+    np.testing.assert_array_equal(_stats(bn)[0], np.zeros(2))
+    with pytest.raises(ValueError, match="no batches"):
+        recalibrate(model, iter([]), verbose=0)
+    assert "call" not in vars(bn)
+
+
+def test_rejects_non_models_and_handles_models_without_bn():
+    with pytest.raises(TypeError, match="recalibrate"):
+        recalibrate("model.keras", np.zeros((2, 2)))
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    assert recalibrate(plain, np.zeros((2, 2)), verbose=0) == 0
+
+
+def test_mixed_precision_layer_statistics_in_float32():
+    x = np.random.default_rng(9).normal(3.0, 0.5, (64, 4)).astype("float32")
+    bn = keras.layers.BatchNormalization(dtype="mixed_float16")
+    model = keras.Sequential([keras.Input((4,)), bn])
+    recalibrate(model, x, verbose=0)
+    assert bn.moving_mean.dtype == "float32"
+    _assert_population(bn, x.astype("float16").astype("float32"))
+
+
+@pytest.mark.tf_only
+def test_under_a_distribution_strategy():
+    if keras.config.backend() != "tensorflow":
+        pytest.skip("tf.distribute needs the TensorFlow backend")
+    import tensorflow as tf
+
+    x = np.random.default_rng(10).normal(1.0, 2.0, (40, 3)).astype("float32")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = keras.Sequential(
+            [keras.Input((3,)), keras.layers.BatchNormalization()]
+        )
+    assert recalibrate(model, x, batch_size=16, verbose=0) == 1
+    _assert_population(model.layers[0], x)
