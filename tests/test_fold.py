@@ -1,0 +1,340 @@
+"""Tests for `frozenbn.fold` (BN folding into Conv/Dense)."""
+
+import numpy as np
+import pytest
+
+import keras
+from keras import layers
+from keras import ops
+
+import frozenbn
+from frozenbn.fold import FOLDABLE_TYPES
+from frozenbn.fold import FoldReport
+from frozenbn.fold import fold
+
+# Folded and unfolded float32 models round differently; the DESIGN target is
+# 1e-5 relative. Compared elementwise as |a - b| <= 1e-5 * max|a| (relative
+# to the output's magnitude, since single outputs can be ~0).
+RTOL = 1e-5
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+def _randomize_bn(model, seed=0):
+    """Non-trivial moving statistics and gamma/beta for every BN layer."""
+    rng = np.random.default_rng(seed)
+    for layer in frozenbn._walk.batch_norm_layers(model):
+        c = layer.moving_mean.shape[0]
+        layer.moving_mean.assign(rng.normal(0, 0.5, c).astype("float32"))
+        layer.moving_variance.assign(rng.uniform(0.5, 2, c).astype("float32"))
+        if layer.gamma is not None:
+            layer.gamma.assign(rng.uniform(0.5, 1.5, c).astype("float32"))
+        if layer.beta is not None:
+            layer.beta.assign(rng.normal(0, 0.3, c).astype("float32"))
+
+
+def _randomize_biases(model, seed=1):
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        if w.path.endswith("/bias"):
+            w.assign(rng.normal(0, 0.2, w.shape).astype("float32"))
+
+
+def _assert_same_predictions(model, folded, x):
+    expected = _np(model(x, training=False))
+    got = _np(folded(x, training=False))
+    atol = RTOL * max(np.abs(expected).max(), 1e-3)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
+
+
+def _bn_after_foldable(model):
+    """Names of BN layers whose input comes straight from a foldable layer."""
+    found = []
+    for layer in frozenbn._walk.iter_layers(model):
+        if frozenbn._walk.is_batch_norm(layer):
+            for node in layer._inbound_nodes:
+                for tensor in node.input_tensors:
+                    op = tensor._keras_history.operation
+                    if isinstance(op, FOLDABLE_TYPES):
+                        found.append(layer.name)
+    return found
+
+
+def _bn_count(model):
+    return len(frozenbn._walk.batch_norm_layers(model))
+
+
+@pytest.mark.smoke
+def test_sequential_conv_bn_relu():
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            layers.Conv2D(4, 3, use_bias=False, name="conv"),
+            layers.BatchNormalization(name="bn"),
+            layers.ReLU(name="relu"),
+        ]
+    )
+    _randomize_bn(model)
+    before = [_np(w).copy() for w in model.weights]
+
+    folded, report = fold(model)
+
+    assert isinstance(folded, keras.Sequential)
+    assert [l.name for l in folded.layers] == ["conv", "relu"]
+    assert folded.get_layer("conv").use_bias is True
+    assert report.folded == [("conv", "bn")] and report.left == []
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    _assert_same_predictions(model, folded, x)
+    # The original is untouched.
+    assert len(model.layers) == 3 and model.get_layer("conv").use_bias is False
+    for old, w in zip(before, model.weights):
+        np.testing.assert_array_equal(old, _np(w))
+
+
+@pytest.mark.smoke
+def test_functional_frozenbn_and_report_text():
+    inputs = keras.Input((6, 5))
+    h = layers.Dense(4, name="dense")(inputs)
+    h = frozenbn.BatchNormalization(frozen=True, name="fbn")(h)
+    h = layers.Activation("relu", name="act")(h)
+    h = layers.BatchNormalization(name="after_act")(h)
+    model = keras.Model(inputs, h)
+    _randomize_bn(model)
+
+    folded, report = fold(model)
+
+    assert report.folded == [("dense", "fbn")]
+    assert [name for name, _ in report.left] == ["after_act"]
+    assert "Activation 'act'" in report.left[0][1]
+    text = str(report)
+    assert "Folded 1" in text and "dense <- fbn" in text and "after_act" in text
+    x = np.random.default_rng(1).normal(size=(3, 6, 5)).astype("float32")
+    _assert_same_predictions(model, folded, x)
+
+
+CASES = {
+    "dense": ((7,), lambda: layers.Dense(5)),
+    "conv1d": ((9, 3), lambda: layers.Conv1D(4, 3)),
+    "conv2d_groups": ((6, 6, 4), lambda: layers.Conv2D(6, 3, groups=2)),
+    "conv2d_channels_first": (
+        (3, 7, 6),
+        lambda: layers.Conv2D(5, 3, data_format="channels_first"),
+    ),
+    "conv3d": ((5, 5, 5, 2), lambda: layers.Conv3D(3, 2)),
+    "depthwise2d": (
+        (6, 6, 3),
+        lambda: layers.DepthwiseConv2D(3, depth_multiplier=2),
+    ),
+    "depthwise1d": (
+        (8, 3),
+        lambda: layers.DepthwiseConv1D(3, depth_multiplier=2),
+    ),
+    "separable2d": (
+        (7, 7, 3),
+        lambda: layers.SeparableConv2D(4, 3, depth_multiplier=2),
+    ),
+    "separable1d": ((9, 2), lambda: layers.SeparableConv1D(4, 3)),
+    "conv2d_transpose": ((5, 5, 3), lambda: layers.Conv2DTranspose(4, 3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_each_foldable_layer(case, use_bias):
+    shape, make = CASES[case]
+    layer = make()
+    layer.use_bias = use_bias
+    channels_first = getattr(layer, "data_format", None) == "channels_first"
+    bn = layers.BatchNormalization(
+        axis=1 if channels_first else -1, epsilon=0.01
+    )
+    inputs = keras.Input(shape)
+    model = keras.Model(inputs, layers.Activation("tanh")(bn(layer(inputs))))
+    _randomize_bn(model)
+    _randomize_biases(model)
+
+    folded, report = fold(model)
+
+    assert report.folded == [(layer.name, bn.name)], report
+    assert _bn_count(folded) == 0
+    x = np.random.default_rng(2).normal(size=(2,) + shape).astype("float32")
+    _assert_same_predictions(model, folded, x)
+
+
+@pytest.mark.parametrize(
+    "center, scale", [(False, True), (True, False), (False, False)]
+)
+def test_bn_without_gamma_or_beta(center, scale):
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            layers.Dense(3),
+            layers.BatchNormalization(center=center, scale=scale),
+        ]
+    )
+    _randomize_bn(model)
+    folded, report = fold(model)
+    assert len(report.folded) == 1
+    _assert_same_predictions(model, folded, np.ones((2, 4), "float32"))
+
+
+def test_unfoldable_cases_are_left_with_reasons():
+    inputs = keras.Input((8, 8, 3))
+    bn_input = layers.BatchNormalization(name="bn_input")(inputs)
+    shared_out = layers.Conv2D(4, 3, padding="same", name="two_consumers")(
+        bn_input
+    )
+    a = layers.BatchNormalization(name="bn_shared")(shared_out)
+    b = layers.ReLU()(shared_out)
+    h = layers.Add()([a, b])
+    h = layers.Conv2D(4, 3, activation="relu", name="conv_relu")(h)
+    h = layers.BatchNormalization(name="bn_after_relu_conv")(h)
+    h = layers.Conv2D(4, 1, name="conv_axis")(h)
+    h = layers.BatchNormalization(axis=1, name="bn_wrong_axis")(h)
+    model = keras.Model(inputs, h)
+    _randomize_bn(model)
+
+    folded, report = fold(model)
+
+    reasons = dict(report.left)
+    assert report.folded == []
+    assert set(reasons) == {
+        "bn_input",
+        "bn_shared",
+        "bn_after_relu_conv",
+        "bn_wrong_axis",
+    }
+    assert "input of model" in reasons["bn_input"]
+    assert "2 consumers" in reasons["bn_shared"]
+    assert "activation 'relu'" in reasons["bn_after_relu_conv"]
+    assert "channel axis" in reasons["bn_wrong_axis"]
+    assert _bn_count(folded) == 4
+    x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype("float32")
+    _assert_same_predictions(model, folded, x)
+
+
+def test_channels_first_bias_shortcut_on_tensorflow_is_left():
+    # Keras 3.15's TF `ops.add` applies a (1, C, 1, 1) bias along the last
+    # axis when that axis also has size C; fold must not rely on the bias.
+    conv = layers.Conv2D(5, 3, data_format="channels_first", name="conv")
+    inputs = keras.Input((3, 7, 7))  # output (5, 5, 5)
+    model = keras.Model(inputs, layers.BatchNormalization(axis=1)(conv(inputs)))
+    _randomize_bn(model)
+    folded, report = fold(model)
+    if keras.config.backend() == "tensorflow":
+        assert report.folded == [] and "bias_add" in report.left[0][1]
+    else:
+        assert report.folded == [("conv", model.layers[-1].name)]
+    x = np.random.default_rng(7).normal(size=(2, 3, 7, 7)).astype("float32")
+    _assert_same_predictions(model, folded, x)
+
+
+def test_conv_called_twice_is_left():
+    conv = layers.Conv2D(3, 1, name="shared_conv")
+    inputs = keras.Input((4, 4, 3))
+    h = layers.BatchNormalization(name="bn")(conv(inputs))
+    model = keras.Model(inputs, conv(h))
+    folded, report = fold(model)
+    assert report.folded == []
+    assert "called 2 times" in dict(report.left)["bn"]
+    _assert_same_predictions(model, folded, np.ones((1, 4, 4, 3), "float32"))
+
+
+def test_nested_models_are_folded_recursively():
+    inner_in = keras.Input((8, 8, 3))
+    inner = layers.Conv2D(4, 3, name="inner_conv")(inner_in)
+    inner = layers.BatchNormalization(name="inner_bn")(inner)
+    backbone = keras.Model(inner_in, layers.ReLU()(inner), name="backbone")
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            backbone,
+            layers.BatchNormalization(name="bn_after_model"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(5, name="head"),
+            layers.BatchNormalization(name="head_bn"),
+        ]
+    )
+    _randomize_bn(model)
+    _randomize_biases(model)
+
+    folded, report = fold(model)
+
+    assert sorted(report.folded) == [
+        ("head", "head_bn"),
+        ("inner_conv", "inner_bn"),
+    ]
+    assert [bn for bn, _ in report.left] == ["bn_after_model"]
+    assert _bn_count(folded) == 1
+    assert folded.get_layer("backbone") is not backbone
+    x = np.random.default_rng(4).normal(size=(2, 8, 8, 3)).astype("float32")
+    _assert_same_predictions(model, folded, x)
+
+
+@pytest.mark.parametrize(
+    "name, expected_bn",
+    [("ResNet50", 53), ("MobileNetV2", 52), ("EfficientNetB0", 49)],
+)
+def test_applications(name, expected_bn):
+    model = getattr(keras.applications, name)(
+        weights=None, include_top=False, input_shape=(32, 32, 3)
+    )
+    _randomize_bn(model, seed=5)
+    assert _bn_count(model) == expected_bn
+
+    folded, report = fold(model)
+
+    # In these backbones every BN directly follows a bias-free convolution.
+    assert len(report.folded) == expected_bn and report.left == []
+    assert _bn_count(folded) == 0
+    assert _bn_after_foldable(folded) == []
+    assert len(folded.layers) == len(model.layers) - expected_bn
+    x = np.random.default_rng(6).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    _assert_same_predictions(model, folded, x)
+
+
+def test_rejects_subclassed_unbuilt_and_non_models():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = layers.Conv2D(2, 1)
+            self.bn = layers.BatchNormalization()
+
+        def call(self, x):
+            return self.bn(self.conv(x))
+
+    net = Net()
+    net(np.ones((1, 4, 4, 1), "float32"))
+    with pytest.raises(TypeError, match="Functional"):
+        fold(net)
+    with pytest.raises(ValueError, match="not built"):
+        fold(keras.Sequential([layers.Dense(2), layers.BatchNormalization()]))
+    with pytest.raises(TypeError, match="fold"):
+        fold("model.keras")
+
+
+def test_bn_inside_custom_layer_is_reported_left():
+    @keras.saving.register_keras_serializable(package="test_fold")
+    class Block(layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = layers.Conv2D(2, 1)
+            self.bn = layers.BatchNormalization(name="block_bn")
+
+        def call(self, x):
+            return self.bn(self.conv(x))
+
+    model = keras.Sequential([keras.Input((4, 4, 1)), Block(name="block")])
+    _randomize_bn(model)
+    folded, report = fold(model)
+    assert report.folded == []
+    assert "custom layer" in dict(report.left)["block_bn"]
+    _assert_same_predictions(model, folded, np.ones((1, 4, 4, 1), "float32"))
+
+
+def test_report_is_a_dataclass_with_defaults():
+    report = FoldReport()
+    assert report.folded == [] and report.left == []
+    assert str(report).startswith("Folded 0")
