@@ -1,0 +1,398 @@
+"""`audit`: explain a fit-vs-evaluate gap caused by BatchNormalization."""
+
+import dataclasses
+import logging
+import math
+from typing import Any
+from typing import List
+from typing import Optional
+
+import keras
+import numpy as np
+from keras import ops
+
+from frozenbn import _data
+from frozenbn import _math
+from frozenbn import _walk
+
+# `from frozenbn.recalibrate import ...` (not `from frozenbn import
+# recalibrate`): the package re-exports the function under the module's name.
+from frozenbn.recalibrate import AS_IN_FIT
+from frozenbn.recalibrate import StatisticsPass
+from frozenbn.recalibrate import uses_batch_statistics_in_fit
+
+logger = logging.getLogger(__name__)
+
+_REMEDIES = (
+    "Remedies: (1) keep training as it is and recalibrate before "
+    "evaluate/save: `frozenbn.recalibrate(model, train_data)`; (2) fine-tune "
+    "with frozen statistics: `model = frozenbn.convert(model)` (or "
+    "`frozenbn.callbacks.FreezeBatchNorm`).\nWith frozen statistics use a "
+    "low learning rate (Adam 1e-5..1e-4, as Keras's transfer-learning guide "
+    "does): a backbone no longer normalized by batch statistics can diverge "
+    "at 1e-3."
+)
+
+
+@dataclasses.dataclass
+class LayerAudit:
+    """How far one BN layer's input statistics are from its moving ones.
+
+    The data statistics are pooled over the whole `data` (as `recalibrate`
+    would install them), with upstream BN layers normalizing as in `fit`.
+
+    Attributes:
+        name: The layer's name.
+        channels: Number of channels.
+        batch_statistics_in_fit: Whether `fit` normalizes this layer with
+            batch statistics (False for frozen, `trainable=False` or
+            `frozenbn.Frozen`-wrapped layers, which use the moving ones).
+        mean_shift: Mean over channels of `|mu_data - mu_moving| /
+            sqrt(var_moving + eps)`: the mean drift in moving-std units.
+        max_mean_shift: The largest per-channel value of the same.
+        variance_ratio: Geometric mean over channels of `(var_data + eps) /
+            (var_moving + eps)`; 1 means consistent.
+        log_variance_ratio: Mean over channels of `|log((var_data + eps) /
+            (var_moving + eps))|`.
+        score: `mean_shift + log_variance_ratio`, the ranking key.
+    """
+
+    name: str
+    channels: int
+    batch_statistics_in_fit: bool
+    mean_shift: float
+    max_mean_shift: float
+    variance_ratio: float
+    log_variance_ratio: float
+    score: float
+
+
+@dataclasses.dataclass
+class AuditReport:
+    """The result of `audit`.
+
+    Attributes:
+        model_name: Name of the audited model.
+        layers: One `LayerAudit` per BN layer that saw the data, worst
+            (highest `score`) first.
+        train_loss: Mean loss with BN as in `fit` (batch statistics where
+            `fit` uses them) and everything else in inference mode (no
+            Dropout), or `None` without labels or a loss.
+        inference_loss: Mean loss in inference mode (`evaluate`), or `None`.
+        ratio: `inference_loss / train_loss` (the evaluate/fit ratio; ~1 is
+            consistent), or `None`.
+        max_output_diff: Largest absolute difference between the outputs
+            in the two modes.
+        mean_output_diff: Mean absolute difference between them.
+        samples: Number of samples audited.
+        steps: Number of batches audited.
+    """
+
+    model_name: str
+    layers: List[LayerAudit]
+    train_loss: Optional[float]
+    inference_loss: Optional[float]
+    ratio: Optional[float]
+    max_output_diff: float
+    mean_output_diff: float
+    samples: int
+    steps: int
+
+    def to_dict(self) -> dict:
+        """A JSON-serializable dict (non-finite numbers become `None`)."""
+        return _finite(dataclasses.asdict(self))
+
+    def __str__(self) -> str:
+        lines = [
+            f"BatchNormalization audit of '{self.model_name}' on "
+            f"{self.samples} samples ({self.steps} batches)."
+        ]
+        if self.train_loss is not None:
+            lines.append(
+                f"Loss with BN as in fit: {_fmt(self.train_loss)}; in "
+                f"inference (evaluate): {_fmt(self.inference_loss)}; "
+                f"evaluate/fit ratio: {_fmt(self.ratio)}."
+            )
+        lines.append(
+            "Output difference fit-mode vs inference: max "
+            f"{_fmt(self.max_output_diff)}, mean "
+            f"{_fmt(self.mean_output_diff)}."
+        )
+        if self.layers:
+            shown = self.layers[:20]
+            width = max(len("layer"), *(len(a.name) for a in shown))
+            lines.append(
+                f"{'layer':<{width}}  fit uses  mean shift  var ratio   score"
+            )
+            for a in shown:
+                uses = "batch" if a.batch_statistics_in_fit else "moving"
+                lines.append(
+                    f"{a.name:<{width}}  {uses:<8}  {a.mean_shift:10.3g}  "
+                    f"{a.variance_ratio:9.3g}  {a.score:6.3g}"
+                )
+            if len(self.layers) > len(shown):
+                lines.append(
+                    f"... and {len(self.layers) - len(shown)} more in "
+                    "`report.layers`."
+                )
+            lines.append(
+                "mean shift: |mean_data - moving_mean| / moving std, averaged "
+                "over channels; var ratio: data / moving variance (geometric "
+                "mean); score: mean shift + mean |log var ratio|. Large "
+                "scores mean evaluate/predict normalize that layer unlike fit."
+            )
+        else:
+            lines.append("No BatchNormalization layer saw the data.")
+        lines.append(_REMEDIES)
+        return "\n".join(lines)
+
+    def plot(self, path: str, top: int = 30) -> str:
+        """Saves a bar chart of the worst `top` layers as a PNG at `path`.
+
+        Uses matplotlib's Agg canvas directly, so it neither needs a display
+        nor changes the global pyplot backend. Requires matplotlib
+        (`pip install frozenbn[demo]`).
+
+        Returns:
+            `path`.
+        """
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as e:  # pragma: no cover - depends on install
+            raise ImportError(
+                "`AuditReport.plot` needs matplotlib: pip install matplotlib"
+            ) from e
+        shown = list(reversed(self.layers[:top]))
+        height = 1.5 + 0.25 * max(len(shown), 1)
+        figure = Figure(figsize=(10, height))
+        FigureCanvasAgg(figure)
+        left, right = figure.subplots(1, 2, sharey=True)
+        names = [a.name for a in shown]
+        colors = [
+            "tab:red" if a.batch_statistics_in_fit else "tab:gray"
+            for a in shown
+        ]
+        left.barh(names, [a.mean_shift for a in shown], color=colors)
+        left.set_xlabel("mean shift (moving-std units)")
+        right.barh(names, [a.log_variance_ratio for a in shown], color=colors)
+        right.set_xlabel("|log variance ratio|")
+        title = f"BN audit of '{self.model_name}'"
+        if self.train_loss is not None:
+            title += (
+                f" - loss fit-mode {_fmt(self.train_loss)}, inference "
+                f"{_fmt(self.inference_loss)}"
+            )
+        figure.suptitle(title + "\n(red: fit uses batch statistics)")
+        figure.tight_layout()
+        figure.savefig(path, format="png", dpi=100)
+        return path
+
+
+def audit(
+    model: keras.layers.Layer,
+    data: Any,
+    *,
+    loss: Any = None,
+    steps: Optional[int] = None,
+    batch_size: int = _data.DEFAULT_BATCH_SIZE,
+) -> AuditReport:
+    """Explains a gap between `fit` and `evaluate` caused by BatchNormalization.
+
+    `fit` normalizes each BN layer with the statistics of the current batch;
+    `evaluate`, `predict` and the saved model use the moving averages. When
+    the two disagree — a fine-tuned backbone on a new domain, small or
+    skewed batches — the loss `fit` reports is not the loss of the model
+    you get. `audit` measures, on `data` (typically the training data):
+
+    - for every BN layer, the statistics of its inputs (pooled over `data`,
+      with upstream BN layers normalizing as in `fit`) against its moving
+      statistics, ranked worst first (`AuditReport.layers`);
+    - the model's outputs, and its loss if labels and a loss are available,
+      with BN as in `fit` and in inference mode, and their ratio.
+
+    "As in `fit`" means: BN layers that `fit` runs with batch statistics use
+    the current batch's statistics, frozen ones (`frozen=True`,
+    `trainable=False`, `frozenbn.Frozen`, `training=False` in the graph) use
+    their moving statistics, and every other layer is in inference mode —
+    Dropout is off, so the difference is due to BN alone. The model is not
+    changed (no statistic is written; BN `call`s are swapped on the instance
+    during the pass and restored in a `finally` block).
+
+    Args:
+        model: A Keras model or layer.
+        data: Data in any form `frozenbn.recalibrate` takes. For losses it
+            must carry labels: `(x, y)` arrays, or batches `(x, y[, w])`.
+        loss: Optional loss (a name, a `keras.losses.Loss` or a function
+            `loss(y_true, y_pred)`). Defaults to the compiled loss of
+            `model` (`model.compute_loss`, regularization included, as
+            `evaluate` reports it), if any.
+        steps: Number of batches to use; `None` uses all of `data`.
+        batch_size: Batch size for array `data`. Defaults to 32; use the
+            batch size of training, since batch statistics depend on it.
+
+    Returns:
+        An `AuditReport`: print it for a table and the remedies, call
+        `.plot(path)` for a chart, `.to_dict()` for JSON.
+
+    Example:
+
+    >>> import numpy as np, keras, frozenbn
+    >>> model = keras.Sequential([keras.Input((3,)),
+    ...                           keras.layers.BatchNormalization()])
+    >>> x = np.random.default_rng(0).normal(5.0, 2.0, (64, 3))
+    >>> report = frozenbn.audit(model, x)
+    >>> round(report.layers[0].mean_shift, 1)  # moving mean 0, std 1
+    5.0
+    """
+    _walk.check_is_layer(model, "audit")
+    loss_fn = _loss_function(model, loss)
+    layers = _walk.batch_norm_layers(model)
+    pooled = {id(layer): _math.PooledMoments() for layer in layers}
+
+    def sink(layer, mean, var, count):
+        pooled[id(layer)].update(
+            ops.convert_to_numpy(mean),
+            ops.convert_to_numpy(var),
+            ops.convert_to_numpy(count),
+        )
+
+    totals = {"train": 0.0, "inference": 0.0, "weight": 0.0}
+    max_diff, diff_sum, diff_count, samples, steps_done = 0.0, 0.0, 0, 0, 0
+    has_loss = loss_fn is not None
+    batch_in_fit = uses_batch_statistics_in_fit(model)
+    for x, y, w in _data.iter_xy(data, steps=steps, batch_size=batch_size):
+        with StatisticsPass(
+            layers, sink, mode=AS_IN_FIT, batch_in_fit=batch_in_fit
+        ):
+            fit_out = model(x)
+        infer_out = model(x, training=False)
+        n = _batch_size(x)
+        samples += n
+        steps_done += 1
+        for a, b in zip(
+            keras.tree.flatten(fit_out), keras.tree.flatten(infer_out)
+        ):
+            diff = np.abs(
+                ops.convert_to_numpy(a).astype(np.float64)
+                - ops.convert_to_numpy(b).astype(np.float64)
+            )
+            if diff.size:
+                max_diff = max(max_diff, float(diff.max()))
+                diff_sum += float(diff.sum())
+                diff_count += diff.size
+        if has_loss and y is None:
+            has_loss = False
+            logger.warning(
+                "audit: the data has no labels, so losses are not computed. "
+                "Pass (x, y) to compare the losses."
+            )
+        if has_loss:
+            totals["train"] += n * loss_fn(x, y, fit_out, w)
+            totals["inference"] += n * loss_fn(x, y, infer_out, w)
+            totals["weight"] += n
+
+    if has_loss and totals["weight"]:
+        train_loss = totals["train"] / totals["weight"]
+        inference_loss = totals["inference"] / totals["weight"]
+        ratio = inference_loss / train_loss if train_loss > 0 else None
+    else:
+        train_loss = inference_loss = ratio = None
+
+    audits = [
+        _layer_audit(layer, pooled[id(layer)], batch_in_fit[id(layer)])
+        for layer in layers
+        if pooled[id(layer)].mean is not None
+    ]
+    audits.sort(key=lambda a: a.score, reverse=True)
+    return AuditReport(
+        model_name=model.name,
+        layers=audits,
+        train_loss=train_loss,
+        inference_loss=inference_loss,
+        ratio=ratio,
+        max_output_diff=max_diff,
+        mean_output_diff=diff_sum / diff_count if diff_count else 0.0,
+        samples=samples,
+        steps=steps_done,
+    )
+
+
+def _layer_audit(layer, stats: _math.PooledMoments, batch_in_fit) -> LayerAudit:
+    eps = float(layer.epsilon)
+    moving_mean = ops.convert_to_numpy(layer.moving_mean).astype(np.float64)
+    moving_var = ops.convert_to_numpy(layer.moving_variance).astype(np.float64)
+    shift = np.abs(stats.mean - moving_mean) / np.sqrt(moving_var + eps)
+    log_ratio = np.log((stats.variance + eps) / (moving_var + eps))
+    mean_shift = float(shift.mean())
+    abs_log = float(np.abs(log_ratio).mean())
+    return LayerAudit(
+        name=layer.name,
+        channels=int(moving_mean.shape[0]),
+        batch_statistics_in_fit=bool(batch_in_fit),
+        mean_shift=mean_shift,
+        max_mean_shift=float(shift.max()),
+        variance_ratio=float(np.exp(log_ratio.mean())),
+        log_variance_ratio=abs_log,
+        score=mean_shift + abs_log,
+    )
+
+
+def _loss_function(model, loss):
+    """Returns `fn(x, y, y_pred, sample_weight) -> float`, or None."""
+    if loss is not None:
+        try:
+            loss_obj = keras.losses.get(loss)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"Unknown `loss`: {loss!r}. Pass a loss name such as "
+                "'binary_crossentropy', a keras.losses.Loss or a function "
+                "loss(y_true, y_pred)."
+            ) from e
+        if loss_obj is None or not callable(loss_obj):
+            raise TypeError(f"`loss` must be callable. Received: loss={loss!r}")
+
+        def fn(x, y, y_pred, w):
+            y = keras.tree.map_structure(ops.convert_to_tensor, y)
+            if isinstance(loss_obj, keras.losses.Loss):
+                value = loss_obj(y, y_pred, sample_weight=w)
+            else:
+                value = loss_obj(y, y_pred)
+                if w is not None:
+                    w = ops.cast(ops.convert_to_tensor(w), value.dtype)
+                    value = ops.sum(value * w) / ops.maximum(ops.sum(w), 1e-12)
+            return float(ops.convert_to_numpy(ops.mean(value)))
+
+        return fn
+    if getattr(model, "compiled", False) and getattr(model, "loss", None):
+
+        def fn(x, y, y_pred, w):
+            y = keras.tree.map_structure(ops.convert_to_tensor, y)
+            if w is not None:
+                w = keras.tree.map_structure(ops.convert_to_tensor, w)
+            value = model.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=w, training=False
+            )
+            return float(ops.convert_to_numpy(value))
+
+        return fn
+    return None
+
+
+def _batch_size(x) -> int:
+    leaves = keras.tree.flatten(x)
+    return int(np.shape(leaves[0])[0]) if leaves else 0
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
