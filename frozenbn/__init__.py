@@ -2,17 +2,29 @@
 
 __version__ = "0.1.0"
 
+from frozenbn import callbacks
+from frozenbn.audit import AuditReport
+from frozenbn.audit import audit
 from frozenbn.convert import convert
 from frozenbn.convert import freeze
 from frozenbn.convert import unfreeze
+from frozenbn.fold import FoldReport
+from frozenbn.fold import fold
 from frozenbn.layers import BatchNormalization
 from frozenbn.layers import Frozen
+from frozenbn.recalibrate import recalibrate
 
 __all__ = [
+    "AuditReport",
     "BatchNormalization",
+    "FoldReport",
     "Frozen",
     "__version__",
+    "audit",
+    "callbacks",
     "convert",
+    "fold",
     "freeze",
+    "recalibrate",
     "unfreeze",
 ]

@@ -1,0 +1,204 @@
+"""Keras callbacks: freeze BN statistics from an epoch on; precise BN."""
+
+import logging
+from typing import Any
+from typing import Callable
+from typing import Optional
+
+import keras
+
+from frozenbn import _data
+from frozenbn.convert import convert
+from frozenbn.recalibrate import recalibrate
+
+logger = logging.getLogger(__name__)
+
+
+class FreezeBatchNorm(keras.callbacks.Callback):
+    """Freezes the model's BatchNormalization statistics from an epoch on.
+
+    At the start of epoch `epoch` (0-based, as Keras counts), every selected
+    BN layer of the model is made a `frozenbn.BatchNormalization` with
+    `frozen=True`, in place (`frozenbn.convert(model, inplace=True)`: stock
+    Keras BN layers change class, keeping their variables; frozenbn layers
+    only get the flag). From then on `fit` normalizes them with their
+    moving statistics and no longer updates these, while gamma and beta
+    keep training. The train function is rebuilt so the change takes
+    effect in the running `fit` on every backend.
+
+    A common schedule: train normally for a few epochs so the statistics
+    adapt to the new data, then freeze them for the rest of fine-tuning so
+    that `fit` and `evaluate` agree (what detectron2 and mmdet do from the
+    start with `FrozenBatchNorm2d` / `norm_eval=True`). With frozen
+    statistics prefer a low learning rate (e.g. Adam 1e-5..1e-4).
+
+    If `fit` starts after `epoch` (`initial_epoch > epoch`), the freeze is
+    applied at the first epoch. It is applied once per callback object;
+    the model stays frozen after `fit` (use `frozenbn.unfreeze(model)` to
+    undo it).
+
+    Args:
+        epoch: First (0-based) epoch trained with frozen statistics.
+            Defaults to 0, i.e. from the start.
+        include: Optional `include(layer) -> bool` choosing the BN layers,
+            as in `frozenbn.convert`. Defaults to all.
+
+    Example:
+
+    >>> import numpy as np, keras, frozenbn
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     keras.layers.Dense(8), keras.layers.BatchNormalization(),
+    ...     keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> x, y = np.random.rand(64, 4), np.random.rand(64, 1)
+    >>> history = model.fit(x, y, epochs=2, verbose=0,
+    ...     callbacks=[frozenbn.callbacks.FreezeBatchNorm(epoch=1)])
+    >>> model.layers[1].frozen
+    True
+    """
+
+    def __init__(
+        self,
+        epoch: int = 0,
+        include: Optional[Callable[[keras.layers.Layer], bool]] = None,
+    ):
+        super().__init__()
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(
+                "`epoch` must be an int >= 0 (0-based). Received: "
+                f"epoch={epoch!r}"
+            )
+        if include is not None and not callable(include):
+            raise TypeError(
+                "`include` must be a callable include(layer) -> bool or "
+                f"None. Received: include={include!r}"
+            )
+        self.epoch = epoch
+        self.include = include
+        self.applied = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.applied or epoch < self.epoch:
+            return
+        convert(self.model, inplace=True, frozen=True, include=self.include)
+        _retrace(self.model)
+        self.applied = True
+        logger.info(
+            "FreezeBatchNorm: BatchNormalization statistics frozen from "
+            "epoch %d.",
+            epoch,
+        )
+
+
+class PreciseBN(keras.callbacks.Callback):
+    """Recalibrates BN statistics during `fit` (precise BN), every n epochs.
+
+    At the end of every `every_n_epochs`-th epoch's training, before that
+    epoch's validation (so `val_*` metrics already use them), the BN moving
+    statistics are replaced by the exact population statistics of `data`
+    with `frozenbn.recalibrate(model, data, steps, verbose=0)`. This is
+    detectron2's `PreciseBN` hook: validation and checkpoints see
+    statistics that match the current weights instead of lagging moving
+    averages. Without validation data it runs in `on_epoch_end`, before
+    later callbacks such as `ModelCheckpoint` when listed before them.
+
+    Args:
+        data: Data to compute the statistics on, in any form
+            `frozenbn.recalibrate` takes (labels are ignored), typically a
+            few hundred batches of training data without augmentation
+            randomness you do not want in the statistics.
+        steps: Number of batches of `data` per recalibration; `None` uses
+            all (required for infinite data).
+        every_n_epochs: Recalibrate after every n-th epoch (epochs n, 2n,
+            ... counting from 1). Defaults to 1.
+        batch_size: Batch size for array `data`. Defaults to 32.
+
+    Example:
+
+    >>> import numpy as np, keras, frozenbn
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     keras.layers.Dense(8), keras.layers.BatchNormalization(),
+    ...     keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> x, y = np.random.rand(64, 4), np.random.rand(64, 1)
+    >>> history = model.fit(x, y, epochs=1, verbose=0,
+    ...     callbacks=[frozenbn.callbacks.PreciseBN(x)])
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        steps: Optional[int] = None,
+        every_n_epochs: int = 1,
+        batch_size: int = _data.DEFAULT_BATCH_SIZE,
+    ):
+        super().__init__()
+        if data is None:
+            raise TypeError(
+                "`data` is None. Pass the data to compute BN statistics on."
+            )
+        if (
+            isinstance(every_n_epochs, bool)
+            or not isinstance(every_n_epochs, int)
+            or every_n_epochs < 1
+        ):
+            raise ValueError(
+                "`every_n_epochs` must be a positive int. Received: "
+                f"every_n_epochs={every_n_epochs!r}"
+            )
+        _data._check_positive_int("steps", steps, allow_none=True)
+        _data._check_positive_int("batch_size", batch_size)
+        self.data = data
+        self.steps = steps
+        self.every_n_epochs = every_n_epochs
+        self.batch_size = batch_size
+        self._in_fit = False
+        self._epoch = None
+        self._done = True
+
+    def on_train_begin(self, logs=None):
+        self._in_fit = True
+
+    def on_train_end(self, logs=None):
+        self._in_fit = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._done = (epoch + 1) % self.every_n_epochs != 0
+
+    def on_test_begin(self, logs=None):
+        # Keras runs the epoch's validation through `evaluate` with the
+        # same callbacks, after the training steps and after syncing the
+        # model variables (JAX); recalibrating here lets validation use the
+        # new statistics.
+        if self._in_fit:
+            self._recalibrate()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._recalibrate()
+
+    def _recalibrate(self):
+        if self._done:
+            return
+        self._done = True
+        count = recalibrate(
+            self.model,
+            self.data,
+            steps=self.steps,
+            verbose=0,
+            batch_size=self.batch_size,
+        )
+        logger.info(
+            "PreciseBN: recalibrated %d BN layer(s) after epoch %d.",
+            count,
+            self._epoch,
+        )
+
+
+def _retrace(model) -> None:
+    """Makes the next train step trace the model again."""
+    # The `frozen` flag (and the layer class) is read when Keras traces the
+    # train function; force a new trace. Torch runs eagerly unless
+    # jit-compiled, and the forced rebuild is harmless there.
+    if hasattr(model, "make_train_function"):
+        model.make_train_function(force=True)
