@@ -1,0 +1,419 @@
+"""The `frozenbn` command line: demo, convert, audit, recalibrate.
+
+Every subcommand has `--help`. Errors (a missing or corrupt file, a file
+that is not a Keras model, an empty image folder, a bad option) print one
+line, `frozenbn: error: ...`, to stderr and exit with a non-zero status;
+set `FROZENBN_DEBUG=1` to get the traceback instead.
+"""
+
+import argparse
+import os
+import sys
+import time
+import zipfile
+from typing import Optional
+from typing import Sequence
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+_PREPROCESS = ("none", "unit", "caffe", "tf", "torch")
+
+
+class CliError(Exception):
+    """An error reported to the user as one line, without a traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(
+            EXIT_USAGE,
+            f"frozenbn: error: {message} (see `{self.prog} --help`)\n",
+        )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the `frozenbn` command line.
+
+    Args:
+        argv: Arguments without the program name. Defaults to
+            `sys.argv[1:]`.
+
+    Returns:
+        The exit status: 0 on success, 1 on an error, 2 on a usage error.
+
+    Example:
+
+    >>> from frozenbn.cli import main
+    >>> main(["demo", "--quick", "--out", "/tmp/demo"])  # doctest: +SKIP
+    0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, or a usage error already printed
+        return exit.code if isinstance(exit.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        print("frozenbn: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # One line for the user, no traceback.
+        if os.environ.get("FROZENBN_DEBUG"):
+            raise
+        print(f"frozenbn: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `frozenbn` and its subcommands."""
+    parser = _Parser(
+        prog="frozenbn",
+        description="BatchNormalization that behaves the same in fit() and "
+        "evaluate(): demo, convert, audit and recalibrate Keras models.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo(commands)
+    _add_convert(commands)
+    _add_audit(commands)
+    _add_recalibrate(commands)
+    return parser
+
+
+def _add_demo(commands) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="fine-tune ResNet50 on real images: stock Keras vs frozenbn",
+        description="Runs the fit-vs-evaluate scenario end to end: ResNet50 "
+        "pretrained on one image domain, fine-tuned on a shifted one with "
+        "stock Keras BatchNormalization, with frozenbn.convert, and with "
+        "frozenbn.recalibrate. Prints a table and writes results.json, "
+        "results.md and results.png (per-epoch curves) to --out.",
+    )
+    demo.add_argument("--weights", default="none", metavar="PATH|imagenet|none",
+                      help="ResNet50 weights: 'none' (random init, "
+                      "pretrained on the shipped source images; default), "
+                      "'imagenet' (Keras download/cache) or a weights file")
+    demo.add_argument("--data", metavar="DIR",
+                      help="your own target images: DIR/class_a/*.png, "
+                      "DIR/class_b/*.png (a quarter is held out); default: "
+                      "the shipped photo patches")
+    demo.add_argument("--epochs", type=_positive_int, default=None,
+                      help="maximum fine-tuning epochs (default 5; 2 with "
+                      "--quick)")
+    demo.add_argument("--image-size", type=_image_size, default=32,
+                      help="input side in pixels, >= 32 (default 32)")
+    demo.add_argument("--batch-size", type=_positive_int, default=32,
+                      help="batch size (default 32)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument("--arms", default=None,
+                      help="comma-separated arms (default: stock,frozenbn,"
+                      "stock_recalibrated); all: " + _arm_names())
+    demo.add_argument("--out", default="frozenbn-demo", metavar="DIR",
+                      help="output folder (default ./frozenbn-demo)")
+    demo.add_argument("--quick", action="store_true",
+                      help="a tiny run for tests and a first look: 128 "
+                      "images, 2 epochs, no source pretraining (under a "
+                      "minute on a laptop CPU)")
+    demo.set_defaults(run=_run_demo)
+
+
+def _add_convert(commands) -> None:
+    convert = commands.add_parser(
+        "convert",
+        help="make a model's BatchNormalization layers frozenbn's",
+        description="Loads IN.keras, replaces every Keras "
+        "BatchNormalization with frozenbn.BatchNormalization (same weights, "
+        "frozen statistics unless --unfrozen) and saves OUT.keras, which "
+        "loads with keras.models.load_model once frozenbn is imported.",
+    )
+    convert.add_argument("input", metavar="IN.keras")
+    convert.add_argument("output", metavar="OUT.keras")
+    convert.add_argument("--unfrozen", action="store_true",
+                         help="convert with frozen=False (stock behaviour)")
+    convert.add_argument("--fold", action="store_true",
+                         help="also fold BN into the preceding Conv/Dense "
+                         "layers (an inference-only model)")
+    convert.set_defaults(run=_run_convert)
+
+
+def _add_data_arguments(parser) -> None:
+    parser.add_argument("data", metavar="DATA_DIR",
+                        help="images in one subfolder per class, "
+                        "e.g. DATA_DIR/cats/*.png, DATA_DIR/dogs/*.png")
+    parser.add_argument("--image-size", type=_positive_int, default=None,
+                        help="resize images to this side (default: the "
+                        "model's input size)")
+    parser.add_argument("--preprocess", choices=_PREPROCESS, default="none",
+                        help="pixel preprocessing the model expects: none "
+                        "(0..255), unit (0..1), or keras.applications "
+                        "mode caffe (ResNet50), tf (-1..1), torch "
+                        "(default none)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32,
+                        help="batch size (default 32; use training's)")
+    parser.add_argument("--steps", type=_positive_int, default=None,
+                        help="number of batches to use (default all)")
+
+
+def _add_audit(commands) -> None:
+    audit = commands.add_parser(
+        "audit",
+        help="explain a model's fit-vs-evaluate gap on a folder of images",
+        description="Compares, per BatchNormalization layer, the batch "
+        "statistics on DATA_DIR with the moving statistics, and the "
+        "model's loss in training vs inference mode. Prints the report and "
+        "writes audit.json and audit.png to --out.",
+    )
+    audit.add_argument("model", metavar="MODEL.keras")
+    _add_data_arguments(audit)
+    audit.add_argument("--loss", default=None,
+                       help="Keras loss name (default: the model's "
+                       "compiled loss)")
+    audit.add_argument("--out", default="frozenbn-audit", metavar="DIR",
+                       help="output folder (default ./frozenbn-audit)")
+    audit.set_defaults(run=_run_audit)
+
+
+def _add_recalibrate(commands) -> None:
+    recalibrate = commands.add_parser(
+        "recalibrate",
+        help="set BN statistics to their exact values on a folder of images",
+        description="Precise BN: replaces the moving statistics of every "
+        "BatchNormalization layer of MODEL.keras with the population "
+        "statistics of its inputs over DATA_DIR and saves OUT.keras.",
+    )
+    recalibrate.add_argument("model", metavar="MODEL.keras")
+    _add_data_arguments(recalibrate)
+    recalibrate.add_argument("output", metavar="OUT.keras")
+    recalibrate.set_defaults(run=_run_recalibrate)
+
+
+def _run_demo(args) -> int:
+    from frozenbn.demo import data as demo_data
+    from frozenbn.demo import scenario
+
+    start = time.perf_counter()
+    arms = _parse_arms(args.arms, scenario)
+    config = _demo_config(args, scenario)
+    data = _demo_data(args, demo_data)
+    result = scenario.run_scenario(data, config, arms, verbose=1)
+    paths = scenario.write_results(
+        result, args.out, "results", title="frozenbn demo: fit vs evaluate"
+    )
+    print()
+    print(result.table())
+    print()
+    print(scenario.verdict(result))
+    print(f"wrote {', '.join(paths)} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _demo_config(args, scenario):
+    quick = args.quick
+    return scenario.ScenarioConfig(
+        image_size=args.image_size,
+        weights=None if args.weights.lower() == "none" else args.weights,
+        pretrain_epochs=0 if quick else 2,
+        epochs=args.epochs or (2 if quick else 5),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_source=128 if quick else 384,
+        max_target=128 if quick else None,
+    )
+
+
+def _demo_data(args, demo_data):
+    shipped = demo_data.load_demo_data()
+    if args.data is None:
+        return shipped
+    x, y, names = demo_data.load_image_folder(args.data, args.image_size)
+    if len(names) != 2:
+        raise CliError(
+            f"the demo classifies two classes; {args.data} has "
+            f"{len(names)} class subfolder(s): {', '.join(names)}"
+        )
+    target = demo_data.split_heldout(x, y, seed=args.seed)
+    if len(target.heldout.x) == 0:
+        raise CliError(f"too few images in {args.data} to hold some out")
+    return demo_data.DemoData(shipped.source, target)
+
+
+def _run_convert(args) -> int:
+    import frozenbn
+    from frozenbn import _walk
+
+    model = _load_model(args.input)
+    _check_output(args.output, args.input)
+    frozen = not args.unfrozen
+    converted = frozenbn.convert(model, frozen=frozen)
+    count = sum(isinstance(layer, frozenbn.BatchNormalization)
+                for layer in _walk.iter_layers(converted))
+    if args.fold:
+        from frozenbn.fold import fold
+
+        converted, report = fold(converted)
+        print(report)
+    converted.save(args.output)
+    state = "frozen" if frozen else "unfrozen"
+    folded = ", folded" if args.fold else ""
+    print(f"converted {count} BatchNormalization layer(s) ({state}{folded})"
+          f" -> {args.output}")
+    return 0
+
+
+def _run_audit(args) -> int:
+    from frozenbn.audit import audit
+    from frozenbn.demo.scenario import write_json
+
+    model = _load_model(args.model)
+    x, y = _load_folder(args, model)
+    report = audit(model, (x, y), loss=args.loss, steps=args.steps,
+                   batch_size=args.batch_size)
+    print(report)
+    os.makedirs(args.out, exist_ok=True)
+    json_path = write_json(report.to_dict(),
+                           os.path.join(args.out, "audit.json"))
+    png_path = os.path.join(args.out, "audit.png")
+    report.plot(png_path)
+    print(f"wrote {json_path}, {png_path}")
+    return 0
+
+
+def _run_recalibrate(args) -> int:
+    from frozenbn.recalibrate import recalibrate
+
+    model = _load_model(args.model)
+    _check_output(args.output, args.model)
+    x, _ = _load_folder(args, model)
+    count = recalibrate(model, x, steps=args.steps, verbose=1,
+                        batch_size=args.batch_size)
+    model.save(args.output)
+    print(f"recalibrated {count} BatchNormalization layer(s) on "
+          f"{len(x)} image(s) -> {args.output}")
+    return 0
+
+
+def _load_model(path: str):
+    """Loads a `.keras` file, turning every failure into a `CliError`."""
+    if not os.path.exists(path):
+        raise CliError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise CliError(f"{path} is a folder, not a .keras model file")
+    if not path.endswith(".keras"):
+        raise CliError(
+            f"{path} is not a .keras file; save the model with "
+            "model.save('model.keras') (the Keras 3 format)"
+        )
+    if not zipfile.is_zipfile(path):
+        raise CliError(f"{path} is corrupt or not a Keras 3 .keras archive")
+    import keras
+
+    import frozenbn  # noqa: F401  (registers the frozenbn layers)
+
+    try:
+        model = keras.models.load_model(path)
+    except Exception as error:
+        raise CliError(f"could not load {path}: {_one_line(error)}") from None
+    if not isinstance(model, keras.Model):
+        raise CliError(
+            f"{path} holds a {type(model).__name__} layer, not a Keras model"
+        )
+    return model
+
+
+def _check_output(output: str, input_path: str) -> None:
+    if not output.endswith(".keras"):
+        raise CliError(f"the output file must end in .keras: {output}")
+    if os.path.abspath(output) == os.path.abspath(input_path):
+        raise CliError(f"refusing to overwrite the input file {input_path}")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise CliError(f"output folder does not exist: {folder}")
+
+
+def _load_folder(args, model) -> tuple:
+    """The images of `args.data`, sized and preprocessed for `model`."""
+    from frozenbn.demo.data import load_image_folder
+
+    size = args.image_size or _input_size(model)
+    x, y, _ = load_image_folder(args.data, size)
+    return _preprocess(x, args.preprocess), y.astype("float32")
+
+
+def _input_size(model) -> int:
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4:
+        raise CliError(
+            f"model '{model.name}' does not take one batch of images "
+            f"(input shape {shape}); audit and recalibrate need a model "
+            "with a single (batch, height, width, channels) input"
+        )
+    if shape[1] is None or shape[1] != shape[2]:
+        raise CliError(
+            f"model '{model.name}' has input shape {shape}; pass "
+            "--image-size to choose the image size"
+        )
+    return int(shape[1])
+
+
+def _preprocess(x, mode: str):
+    x = x.astype("float32")
+    if mode == "none":
+        return x
+    if mode == "unit":
+        return x / 255.0
+    import keras
+
+    return keras.applications.imagenet_utils.preprocess_input(x, mode=mode)
+
+
+def _parse_arms(text: Optional[str], scenario) -> tuple:
+    if text is None:
+        return scenario.DEMO_ARMS
+    arms = tuple(a.strip() for a in text.split(",") if a.strip())
+    unknown = [a for a in arms if a not in scenario.ARMS]
+    if unknown:
+        raise CliError(
+            f"unknown arm(s) {', '.join(unknown)}; choose from {_arm_names()}"
+        )
+    return arms
+
+
+def _arm_names() -> str:
+    return ("stock, keras_backbone_frozen, keras_bn_frozen, frozenbn, "
+            "frozenbn_recalibrated, stock_recalibrated")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _image_size(text: str) -> int:
+    value = _positive_int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(
+            f"ResNet50 needs images of at least 32 pixels, got {value}")
+    return value
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    text = " ".join(text.split())
+    if isinstance(error, (CliError, FileNotFoundError)):
+        return text
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())
