@@ -1,0 +1,53 @@
+"""Helpers shared by the benchmarks (`gap.py`, `speed.py`).
+
+Keep this small: where results go, what they are called, which machine and
+versions produced them, and how they are written.
+
+- `RESULTS_DIR`: the default output folder, `benchmarks/results/`.
+- `environment()`: device (GPU name or CPU model), CPU count, backend, and
+  versions of Python, Keras, NumPy, the backend library and frozenbn.
+- `result_stem(benchmark, config)`: `<benchmark>_<config>_<backend>_<cpu|gpu>`,
+  so results of different backends and machines never overwrite each other.
+- `write_json(payload, path)` (NaN/inf become `null`) and
+  `write_text(text, path)`.
+- `environment_line(env)`: one markdown sentence naming the machine.
+
+Importing this module puts the repository root on `sys.path`, so a
+benchmark run as `python benchmarks/x.py` imports the checkout's frozenbn.
+"""
+
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from frozenbn.demo.scenario import environment_info  # noqa: E402
+from frozenbn.demo.scenario import environment_line  # noqa: E402
+from frozenbn.demo.scenario import write_json  # noqa: E402
+
+RESULTS_DIR = os.path.join(_ROOT, "benchmarks", "results")
+
+__all__ = ["RESULTS_DIR", "environment", "environment_line", "result_stem",
+           "write_json", "write_text"]
+
+
+def environment() -> dict:
+    """The machine, backend and versions (see `environment_info`)."""
+    return environment_info()
+
+
+def result_stem(benchmark: str, config: str, env: dict = None) -> str:
+    """File name stem, e.g. `gap_small_tensorflow_cpu`."""
+    env = env or environment()
+    parts = [benchmark, config, env["backend"], env["device_kind"]]
+    return "_".join(p for p in parts if p)
+
+
+def write_text(text: str, path: str) -> str:
+    """Writes `text` to `path`, creating the folder; returns `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
