@@ -49,7 +49,8 @@ def iter_batches(
         `x` of each batch, with its structure (array, list, dict) kept.
 
     Raises:
-        TypeError: `data` is of a type that cannot be batched.
+        TypeError: `data` is of a type that cannot be batched, or its
+            inputs are not numbers (strings, Python objects).
         ValueError: `data` is empty, arrays disagree on their number of
             samples, `steps`/`batch_size` are not positive, or a dataset is
             infinite and `steps` is `None`.
@@ -91,6 +92,7 @@ def iter_xy(
                 f"Batch {taken} of the data has no inputs (x is None). Each "
                 "batch must be `x` or a tuple `(x, y[, sample_weight])`."
             )
+        _check_numeric(x, taken)
         taken += 1
         yield x, y, w
     if taken == 0:
@@ -247,6 +249,21 @@ def _num_samples(structure) -> Optional[int]:
             "the inputs of a multi-input model, pass `iter(batches)`.)"
         )
     return sizes.pop() if sizes else None
+
+
+def _check_numeric(x, index: int) -> None:
+    # Strings or Python objects would otherwise fail deep inside the
+    # backend (TensorFlow: "Cast string to float is not supported").
+    for leaf in keras.tree.flatten(x):
+        dtype = getattr(leaf, "dtype", None)
+        kind = getattr(dtype, "kind", None)  # NumPy dtypes only
+        is_tf_string = getattr(dtype, "name", None) == "string"
+        if kind in ("U", "S", "O", "V") or is_tf_string:
+            raise TypeError(
+                f"Batch {index} of the data has inputs of dtype {dtype}, "
+                "not numbers. Convert them first (decode images or text, "
+                "then e.g. `x.astype('float32')`)."
+            )
 
 
 def _is_tf_dataset(data) -> bool:

@@ -19,6 +19,7 @@ from frozenbn import _walk
 # recalibrate`): the package re-exports the function under the module's name.
 from frozenbn.recalibrate import AS_IN_FIT
 from frozenbn.recalibrate import StatisticsPass
+from frozenbn.recalibrate import check_finite_statistics
 from frozenbn.recalibrate import uses_batch_statistics_in_fit
 
 logger = logging.getLogger(__name__)
@@ -251,11 +252,9 @@ def audit(
     pooled = {id(layer): _math.PooledMoments() for layer in layers}
 
     def sink(layer, mean, var, count):
-        pooled[id(layer)].update(
-            ops.convert_to_numpy(mean),
-            ops.convert_to_numpy(var),
-            ops.convert_to_numpy(count),
-        )
+        mean, var = ops.convert_to_numpy(mean), ops.convert_to_numpy(var)
+        check_finite_statistics(layer, mean, var, steps_done)
+        pooled[id(layer)].update(mean, var, ops.convert_to_numpy(count))
 
     totals = {"train": 0.0, "inference": 0.0, "weight": 0.0}
     max_diff, diff_sum, diff_count, samples, steps_done = 0.0, 0.0, 0, 0, 0

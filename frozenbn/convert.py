@@ -136,6 +136,7 @@ def unfreeze(
     Returns:
         How many layers changed.
     """
+    _walk.check_is_layer(model, "unfreeze")
     return freeze(model, frozen=False, include=include)
 
 

@@ -101,7 +101,9 @@ def recalibrate(
 
     Raises:
         TypeError: `model` is not a Keras layer, or `data` has a wrong type.
-        ValueError: `data` is empty or `steps`/`batch_size` are invalid.
+        ValueError: `data` is empty, `steps`/`batch_size` are invalid, or
+            a batch gives NaN or inf statistics at some layer (nothing is
+            written then).
 
     Example:
 
@@ -133,19 +135,19 @@ def recalibrate(
         return 0
 
     pooled = {id(layer): _math.PooledMoments() for layer in layers}
+    current = {"batch": 0}
 
     def sink(layer, mean, var, count):
-        pooled[id(layer)].update(
-            ops.convert_to_numpy(mean),
-            ops.convert_to_numpy(var),
-            ops.convert_to_numpy(count),
-        )
+        mean, var = ops.convert_to_numpy(mean), ops.convert_to_numpy(var)
+        check_finite_statistics(layer, mean, var, current["batch"])
+        pooled[id(layer)].update(mean, var, ops.convert_to_numpy(count))
 
     batches = _data.iter_batches(data, steps=steps, batch_size=batch_size)
     target = _data.count_steps(data, steps=steps, batch_size=batch_size)
     progbar = keras.utils.Progbar(target, verbose=verbose, unit_name="step")
     with StatisticsPass(layers, sink, mode=BATCH):
         for step, x in enumerate(batches, start=1):
+            current["batch"] = step - 1
             model(x)
             progbar.update(step)
 
@@ -169,6 +171,25 @@ def recalibrate(
         int(max(p.count for p in pooled.values())),
     )
     return updated
+
+
+def check_finite_statistics(layer, mean, var, batch: int) -> None:
+    """Raises a `ValueError` naming `layer` if its batch moments are not finite.
+
+    NaN or inf inputs (or activations that overflow) would otherwise turn
+    the pooled statistics into NaN, and every later prediction with them.
+    The check runs during the pass, before anything is written, so the
+    model is left unchanged.
+    """
+    if np.all(np.isfinite(mean)) and np.all(np.isfinite(var)):
+        return
+    raise ValueError(
+        f"Batch {batch} of the data gives non-finite statistics (NaN or "
+        f"inf) at BatchNormalization layer '{layer.name}': the data or the "
+        "activations before that layer contain NaN or inf values (check "
+        "with `np.isfinite(x).all()`), or overflow the layer's dtype. No "
+        "statistics were changed."
+    )
 
 
 def _assign_statistics(layer, mean: np.ndarray, var: np.ndarray) -> None:

@@ -183,6 +183,11 @@ def load_image_folder(
     """
     from PIL import Image
 
+    if os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} is a file, not a folder of images. Expected a folder "
+            "with one subfolder per class, e.g. cats/*.png and dogs/*.png."
+        )
     if not os.path.isdir(path):
         raise FileNotFoundError(f"Image folder not found: {path}")
     class_names = sorted(
