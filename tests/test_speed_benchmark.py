@@ -1,0 +1,84 @@
+"""Smoke test of benchmarks/speed.py: it runs and writes a complete report.
+
+Runs the script at its `--tiny` size (a two-block CNN, 16x16 images) in a
+subprocess under the current `KERAS_BACKEND`. No timing is asserted: this
+only checks that every section runs and the JSON has the expected keys.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "speed.py")
+
+
+def _run(tmp_path, *args):
+    env = dict(os.environ, KERAS_BACKEND=keras.config.backend())
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--tiny", "--out", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_speed_tiny_writes_report(tmp_path):
+    _run(tmp_path, "--tag", "speed_smoke")
+    stem = tmp_path / "speed_smoke"
+    with open(f"{stem}.json") as f:
+        result = json.load(f)
+    assert os.path.getsize(f"{stem}.md") > 0
+    assert os.path.getsize(f"{stem}.png") > 0
+
+    for key in (
+        "config", "machine", "exactness", "train", "inference", "convert",
+        "targets",
+    ):
+        assert key in result, key
+    assert result["machine"]["backend"] == keras.config.backend()
+    assert result["config"]["model"] == "mini"
+    train = result["train"]
+    assert set(train["arms"]) == {
+        "stock",
+        "keras_trainable_false",
+        "naive_frozen",
+        "frozenbn",
+        "frozenbn_trainable_false",
+    }
+    for arm in train["arms"].values():
+        assert {"median", "q1", "q3", "min", "max", "samples"} <= set(arm)
+        assert len(arm["samples"]) == result["config"]["repeats"]
+        assert arm["median"] > 0
+    assert train["ratios_vs_stock"]["stock"] == 1.0
+    assert "frozenbn" in train["paired_ratios_vs_keras_trainable_false"]
+    assert {"stock", "frozenbn"} <= set(result["inference"]["arms"])
+    assert set(result["convert"]["arms"]) == {
+        "convert", "clone_model", "clone_model_set_weights"
+    }
+    assert set(result["targets"]) == {
+        "train_frozenbn_vs_stock",
+        "train_frozenbn_vs_keras_trainable_false",
+        "infer_folded_vs_stock",
+        "convert_speed_vs_clone_model",
+    }
+    # The frozen layer's forward is Keras's inference op on every backend.
+    assert result["exactness"]["model_max_abs_diff"] == 0.0
+    assert result["exactness"]["num_bn_layers"] == 2
+
+
+def test_speed_torchvision_peer_skips_cleanly(tmp_path):
+    # Off the torch backend, or without torchvision, the peer is skipped
+    # with a reason instead of failing the run.
+    _run(tmp_path, "--tag", "peer", "--torchvision-peer",
+         "--skip", "train,inference,convert")
+    with open(tmp_path / "peer.json") as f:
+        peer = json.load(f)["torchvision_peer"]
+    assert "skipped" in peer or "arms" in peer
