@@ -7,13 +7,21 @@ import keras
 _PACKAGE = "frozenbn"
 
 
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"`{name}` must be a Python bool (True or False). "
-            f"Received: {name}={value!r} of type {type(value).__name__}."
-        )
-    return value
+def _frozen_property(doc: str) -> property:
+    """The settable, validated `frozen` flag of both frozenbn layers."""
+
+    def get(self) -> bool:
+        return self._frozen
+
+    def set(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(
+                "`frozen` must be a Python bool (True or False). "
+                f"Received: frozen={value!r} of type {type(value).__name__}."
+            )
+        self._frozen = value
+
+    return property(get, set, doc=doc)
 
 
 def _check_axis(axis) -> None:
@@ -129,14 +137,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         super().__init__(*args, **kwargs)
         self.frozen = frozen
 
-    @property
-    def frozen(self) -> bool:
-        """Whether the layer always uses (and never updates) its statistics."""
-        return self._frozen
-
-    @frozen.setter
-    def frozen(self, value: bool) -> None:
-        self._frozen = _check_bool("frozen", value)
+    frozen = _frozen_property(
+        "Whether the layer always uses (and never updates) its statistics."
+    )
 
     def call(self, inputs, training=None, mask=None):
         if not self.frozen:
@@ -301,14 +304,9 @@ class Frozen(keras.layers.Wrapper):
         super().__init__(layer, **kwargs)
         self.frozen = frozen
 
-    @property
-    def frozen(self) -> bool:
-        """Whether the wrapped layer is forced into inference mode."""
-        return self._frozen
-
-    @frozen.setter
-    def frozen(self, value: bool) -> None:
-        self._frozen = _check_bool("frozen", value)
+    frozen = _frozen_property(
+        "Whether the wrapped layer is forced into inference mode."
+    )
 
     def call(self, inputs, training=None):
         if not self.frozen:
