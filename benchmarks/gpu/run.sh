@@ -7,7 +7,8 @@
 #     bash benchmarks/gpu/run.sh [OUT_DIR]
 # BACKENDS="jax torch" and BENCHES="gap speed" (the defaults) choose what
 # runs, so that each fits in one 10-minute device command; SPEED_ARGS
-# overrides the speed.py arguments.
+# overrides the speed.py arguments; TINY=1 runs everything at a tiny size
+# (use it on a CPU to check the script end to end).
 #
 # It installs the wheels with --no-index into a private target folder, then
 # runs benchmarks/gap.py (full size) and benchmarks/speed.py (224x224,
@@ -49,14 +50,23 @@ mkdir -p "$OUT"
 cd "$ROOT" || exit 1
 
 echo "== machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+else
+    echo "no nvidia-smi: not a GPU machine (fine for TINY=1 checks)"
+fi
 python3 --version
 
-echo "== install wheels from $WHEELS (no index)"
-SITE=/tmp/frozenbn-site
-python3 -m pip install -q --no-index --no-deps --no-compile \
-    --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl || exit 1
-export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+    echo "== install wheels from $WHEELS (no index)"
+    SITE=/tmp/frozenbn-site
+    python3 -m pip install -q --no-index --no-deps --no-compile \
+        --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+else
+    echo "== no wheels in $WHEELS: using the installed keras"
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONUNBUFFERED=1
 # Keep JAX from reserving 75% of the card up front: torch runs after it.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -70,15 +80,23 @@ for name in ("keras", "jax", "torch", "torchvision", "matplotlib"):
 PY
 
 status=0
-SPEED_ARGS="${SPEED_ARGS:---image-size 224 --batch-size 64 --steps 10 --repeats 7 --warmup 2}"
+# TINY=1 runs the same sequence at a tiny size: a check of the whole script
+# on any machine (a CPU included) before spending GPU time.
+if [[ "${TINY:-0}" == 1 ]]; then
+    GAP_SIZE=--tiny
+    SPEED_ARGS="${SPEED_ARGS:---tiny}"
+else
+    GAP_SIZE=--full
+    SPEED_ARGS="${SPEED_ARGS:---image-size 224 --batch-size 64 --steps 10 --repeats 7 --warmup 2}"
+fi
 BACKENDS="${BACKENDS:-jax torch}"
 BENCHES="${BENCHES:-gap speed}"
 for backend in $BACKENDS; do
     if [[ " $BENCHES " != *" gap "* ]]; then
         :
     elif [[ -f benchmarks/gap.py ]]; then
-        echo "== $backend: gap.py (full)"
-        KERAS_BACKEND=$backend python3 benchmarks/gap.py --full --out "$OUT" \
+        echo "== $backend: gap.py $GAP_SIZE"
+        KERAS_BACKEND=$backend python3 benchmarks/gap.py $GAP_SIZE --out "$OUT" \
             2>&1 | tee "$OUT/gap_${backend}_gpu.log" || status=1
     else
         echo "benchmarks/gap.py not found: skipped"
