@@ -185,11 +185,20 @@ def _weights_known(model: keras.Model) -> bool:
 
 
 def _copy(model: keras.Model) -> keras.Model:
-    copy = keras.models.clone_model(model)
+    seeded, clones = {}, []
+    try:
+        copy = keras.models.clone_model(
+            model,
+            clone_function=lambda layer: _clone_layer(layer, seeded, clones),
+            recursive=True,
+        )
+    finally:
+        for clone in clones:
+            del clone.add_weight  # back to the class's method
     source, target = model.weights, copy.weights
     mismatch = _first_mismatch(
-        _layer_names(model) + [(w.name, w.shape) for w in source],
-        _layer_names(copy) + [(w.name, w.shape) for w in target],
+        _layer_classes(model) + [(w.name, w.shape) for w in source],
+        _layer_classes(copy) + [(w.name, w.shape) for w in target],
     )
     if mismatch:
         raise RuntimeError(
@@ -199,13 +208,57 @@ def _copy(model: keras.Model) -> keras.Model:
             "inplace=True)` instead."
         )
     for src, dst in zip(source, target):
-        # A real copy: on JAX `assign` would otherwise share the buffer, and
-        # `fit` on the copy donates (deletes) it under the original.
-        dst.assign(keras.ops.copy(src.value))
+        if seeded.get(id(dst)) is not src:
+            dst.assign(_fresh_copy(src))
     _copy_trainable_flags(model, copy)
     if getattr(model, "compiled", False) and not copy.compiled:
         copy.compile_from_config(model.get_compile_config())
     return copy
+
+
+def _clone_layer(
+    layer: keras.layers.Layer, seeded: dict, clones: list
+) -> keras.layers.Layer:
+    """A layer from `layer`'s config whose weights start as `layer`'s.
+
+    Building a clone runs every weight's initializer only for `_copy` to
+    overwrite the result; for large models that is most of the time. While
+    the clone builds, each weight it creates under a name that `layer` has
+    (with the same shape) is initialized from `layer`'s value instead, and
+    recorded in `seeded` (id of new variable -> source variable). Weights
+    that do not match are left to `_copy`, which assigns them afterwards.
+    The patched `add_weight` is an instance attribute listed in `clones`
+    for `_copy` to remove.
+    """
+    clone = layer.__class__.from_config(layer.get_config())
+    own = {}
+    for variable in layer.weights:
+        own.setdefault(variable.name, []).append(variable)
+    add_weight = clone.add_weight
+
+    def seeding_add_weight(*args, **kwargs):
+        name = kwargs.get("name")
+        candidates = own.get(name, [])
+        shape = kwargs.get("shape", args[0] if args else None)
+        if len(candidates) != 1 or tuple(shape or ()) != tuple(
+            candidates[0].shape
+        ):
+            return add_weight(*args, **kwargs)
+        source = candidates[0]
+        kwargs["initializer"] = lambda shape, dtype=None: _fresh_copy(source)
+        variable = add_weight(*args, **kwargs)
+        seeded[id(variable)] = source
+        return variable
+
+    clone.add_weight = seeding_add_weight
+    clones.append(clone)
+    return clone
+
+
+def _fresh_copy(variable):
+    # A real copy: on JAX `assign` would otherwise share the buffer, and
+    # `fit` on the copy donates (deletes) it under the original.
+    return keras.ops.copy(variable.value)
 
 
 def _first_mismatch(expected: list, got: list) -> str:
@@ -217,12 +270,11 @@ def _first_mismatch(expected: list, got: list) -> str:
     return ""
 
 
-def _layer_names(model: keras.Model) -> list:
-    # Input layers get fresh names in a clone; their position still counts.
-    return [
-        None if isinstance(layer, keras.layers.InputLayer) else layer.name
-        for layer in _walk.iter_layers(model)
-    ]
+def _layer_classes(model: keras.Model) -> list:
+    # Classes, not names: a clone renames its inputs and the sublayers that
+    # custom layers create without explicit names. Same classes at the same
+    # positions is what the position mapping in `convert` relies on.
+    return [type(layer).__name__ for layer in _walk.iter_layers(model)]
 
 
 def _copy_trainable_flags(model: keras.Model, copy: keras.Model) -> None:

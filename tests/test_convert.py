@@ -311,3 +311,39 @@ def test_freeze_and_unfreeze_count_changes():
     assert frozenbn.unfreeze(model) == 3
     assert frozenbn.freeze(model, include=lambda l: isinstance(l, frozenbn.Frozen)) == 1
     assert type(model.layers[2]) is keras.layers.BatchNormalization
+
+
+@keras.saving.register_keras_serializable(package="frozenbn_tests")
+class _TwoDense(keras.layers.Layer):
+    """A custom layer whose own weights share names ("kernel", "bias")."""
+
+    def __init__(self, units=3, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.first = keras.layers.Dense(units)
+        self.second = keras.layers.Dense(units)
+
+    def build(self, input_shape):
+        self.first.build(input_shape)
+        self.second.build((*input_shape[:-1], self.units))
+
+    def call(self, x):
+        return self.second(self.first(x))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_copy_is_exact_when_weights_cannot_be_seeded_by_name():
+    inputs = keras.Input((4,))
+    x = _TwoDense(name="two")(inputs)
+    outputs = keras.layers.BatchNormalization()(x)
+    model = testing.randomize_batch_norm(keras.Model(inputs, outputs))
+    converted = frozenbn.convert(model)
+    testing.assert_weights_equal(model, converted)
+    x = _images(4)[:, 0, 0, :].repeat(2, axis=1)[:, :4]
+    assert np.array_equal(
+        testing.to_numpy(model(x, training=False)),
+        testing.to_numpy(converted(x, training=True)),
+    )
+    assert not any("add_weight" in vars(l) for l in converted._flatten_layers())
