@@ -15,6 +15,7 @@ import frozenbn
 from frozenbn.cli import main
 from frozenbn.demo import data as demo_data
 from frozenbn.demo import scenario
+from tests import testing
 
 
 def _write_folder(root, sizes=((20, 30), (40, 40)), per_class=3):
@@ -179,3 +180,26 @@ def test_arm_preparations():
     bn = backbone.layers[1]
     assert bn.frozen
     assert not np.allclose(keras.ops.convert_to_numpy(bn.moving_mean), 0.0)
+
+
+def test_user_folder_and_local_weights_file_end_to_end(tmp_path, capsys):
+    """The real loading paths, offline: a user's image folder and a local
+    ResNet50 weights file (what `weights="imagenet"` reads from Keras's
+    cache), through `frozenbn demo`."""
+    backbone = scenario.build_backbone(None, 32)
+    testing.randomize_batch_norm(backbone)
+    weights = tmp_path / "resnet50.weights.h5"
+    backbone.save_weights(weights)
+    loaded = scenario.build_backbone(str(weights), 32)
+    testing.assert_weights_equal(backbone, loaded)
+
+    folder = _write_folder(tmp_path / "photos", per_class=8)
+    out = tmp_path / "demo"
+    code = main([
+        "demo", "--quick", "--data", str(folder), "--weights", str(weights),
+        "--arms", "stock", "--out", str(out),
+    ])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["weights"] == str(weights)
+    assert results["data"]["target_train"] + results["data"]["target_heldout"] == 16
