@@ -48,10 +48,7 @@ Usage:
 import argparse
 import datetime
 import gc
-import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -65,11 +62,8 @@ import keras  # noqa: E402
 
 import frozenbn  # noqa: E402
 
-try:  # Shared helpers of the benchmarks, when present.
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _common  # noqa: E402
-except ImportError:  # pragma: no cover - speed.py also runs on its own
-    _common = None
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -448,21 +442,11 @@ def bench_torchvision(args):
 
 
 def machine_info():
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "backend": keras.config.backend(),
-        "keras": keras.__version__,
-        "frozenbn": frozenbn.__version__,
-        "numpy": np.__version__,
-        "gpus": _gpus(),
-    }
-    if _common is not None:
-        # Same keys as the other benchmarks' results (device, device_kind,
-        # backend_version, ...); ours above stay for this report.
-        info.update(_common.environment())
+    # The machine, backend and versions shared by every benchmark, plus the
+    # names this report uses and the devices each backend lists.
+    info = _common.environment()
+    info["cpu_model"] = info["cpu"]
+    info["gpus"] = [info["accelerator"]] if info["accelerator"] else []
     backend = keras.config.backend()
     if backend == "tensorflow":
         import tensorflow as tf  # noqa: PLC0415
@@ -483,33 +467,6 @@ def machine_info():
             else ["cpu"]
         )
     return info
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _gpus():
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total",
-             "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-def _device_tag(info):
-    return "gpu" if info["gpus"] else "cpu"
 
 
 def _targets(result):
@@ -899,13 +856,9 @@ def main(argv=None):
             print(f"  {name}: {_fmt(t['value'])} (target {t['target']})")
 
     os.makedirs(args.out, exist_ok=True)
-    stem = args.tag or f"speed_{info['backend']}_{_device_tag(info)}"
+    stem = args.tag or f"speed_{info['backend']}_{info['device_kind']}"
     base_path = os.path.join(args.out, stem)
-    if _common is not None:
-        _common.write_json(result, base_path + ".json")
-    else:
-        with open(base_path + ".json", "w") as f:
-            json.dump(result, f, indent=2)
+    _common.write_json(result, base_path + ".json")
     if not skip:
         write_markdown(result, base_path + ".md")
         write_plot(result, base_path + ".png")
