@@ -12,6 +12,7 @@ from frozenbn.fold import FoldReport
 from frozenbn.fold import fold
 from frozenbn.layers import BatchNormalization
 from frozenbn.layers import Frozen
+from frozenbn.patch import patch
 from frozenbn.recalibrate import recalibrate
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "convert",
     "fold",
     "freeze",
+    "patch",
     "recalibrate",
     "unfreeze",
 ]

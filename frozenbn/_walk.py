@@ -14,6 +14,10 @@ import keras
 
 LayerPredicate = Optional[Callable[[keras.layers.Layer], bool]]
 
+# Keras's own class, taken at import: inside a `frozenbn.patch` block the
+# name `keras.layers.BatchNormalization` points to frozenbn's subclass.
+KERAS_BATCH_NORMALIZATION = keras.layers.BatchNormalization
+
 
 def iter_layers(root: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
     """Yields `root` and every layer nested in it, each exactly once.
@@ -29,7 +33,7 @@ def iter_layers(root: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
 
 def is_batch_norm(layer: keras.layers.Layer) -> bool:
     """Whether `layer` is a Keras `BatchNormalization` (or a subclass)."""
-    return isinstance(layer, keras.layers.BatchNormalization)
+    return isinstance(layer, KERAS_BATCH_NORMALIZATION)
 
 
 def batch_norm_layers(

@@ -143,7 +143,7 @@ def unfreeze(
 def _check_convertible(layers: list) -> None:
     for layer in layers:
         cls = type(layer)
-        if cls in (keras.layers.BatchNormalization, BatchNormalization):
+        if cls in (_walk.KERAS_BATCH_NORMALIZATION, BatchNormalization):
             continue
         raise ValueError(
             f"Cannot convert layer '{layer.name}' of class "

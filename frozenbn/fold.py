@@ -36,7 +36,7 @@ _DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 # Separable convolutions end in a pointwise (1, ..., in*mult, out) kernel.
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 FOLDABLE_TYPES = _OUT_LAST + _TRANSPOSE + _DEPTHWISE + _SEPARABLE
-_BN_TYPES = (keras.layers.BatchNormalization, _FrozenBN)
+_BN_TYPES = (_walk.KERAS_BATCH_NORMALIZATION, _FrozenBN)
 
 
 @dataclasses.dataclass

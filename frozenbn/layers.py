@@ -1,10 +1,17 @@
 """Frozen-statistics BatchNormalization and the `Frozen` inference wrapper."""
 
+import contextvars
 import numbers
 
 import keras
 
+from frozenbn import _walk
+
 _PACKAGE = "frozenbn"
+
+# The `frozen` of layers built without one: False, or the value of the
+# enclosing `frozenbn.patch` block (per thread and context).
+DEFAULT_FROZEN = contextvars.ContextVar("frozenbn_default_frozen", default=False)
 
 
 def _frozen_property(doc: str) -> property:
@@ -37,7 +44,7 @@ def _check_axis(axis) -> None:
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BatchNormalization(keras.layers.BatchNormalization):
+class BatchNormalization(_walk.KERAS_BATCH_NORMALIZATION):
     """Keras `BatchNormalization` with a `frozen` flag for fine-tuning.
 
     A drop-in subclass of `keras.layers.BatchNormalization`: it takes every
@@ -100,7 +107,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     Args:
         frozen: Python bool. If `True`, normalize with the moving statistics
-            in every mode and never update them. Defaults to `False`.
+            in every mode and never update them. Defaults to `False` (inside
+            a `frozenbn.patch(frozen=...)` block: that block's value).
         **kwargs: every argument of `keras.layers.BatchNormalization`
             (`axis`, `momentum`, `epsilon`, `center`, `scale`, initializers,
             regularizers, constraints, `synchronized`, `renorm`,
@@ -129,13 +137,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
           "Rethinking 'Batch' in BatchNorm".
     """
 
-    def __init__(self, *args, frozen=False, **kwargs):
+    def __init__(self, *args, frozen=None, **kwargs):
         # `config_version` is written by `get_config` so that future versions
         # can migrate old configs; version 1 needs no migration.
         kwargs.pop("config_version", None)
         _check_axis(kwargs.get("axis", args[0] if args else -1))
         super().__init__(*args, **kwargs)
-        self.frozen = frozen
+        self.frozen = DEFAULT_FROZEN.get() if frozen is None else frozen
 
     frozen = _frozen_property(
         "Whether the layer always uses (and never updates) its statistics."
