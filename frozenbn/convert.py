@@ -195,6 +195,11 @@ def _copy(model: keras.Model) -> keras.Model:
     finally:
         for clone in clones:
             del clone.add_weight  # back to the class's method
+    if _layer_classes(copy) != _layer_classes(model):
+        # `clone_model` rebuilds Functional subclasses (keras-hub backbones
+        # and task models) as plain Functional models; their own config
+        # keeps the class.
+        copy, seeded = _copy_from_config(model), {}
     source, target = model.weights, copy.weights
     mismatch = _first_mismatch(
         _layer_classes(model) + [(w.name, w.shape) for w in source],
@@ -214,6 +219,21 @@ def _copy(model: keras.Model) -> keras.Model:
     if getattr(model, "compiled", False) and not copy.compiled:
         copy.compile_from_config(model.get_compile_config())
     return copy
+
+
+def _copy_from_config(model: keras.Model) -> keras.Model:
+    try:
+        return keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(model)
+        )
+    except Exception as error:
+        raise RuntimeError(
+            f"Copying model '{model.name}' of class {type(model).__name__} "
+            f"failed: its config does not rebuild it ({error}). Register the "
+            "class with `keras.saving.register_keras_serializable`, or "
+            "convert it in place with `frozenbn.convert(model, "
+            "inplace=True)`."
+        ) from error
 
 
 def _clone_layer(
