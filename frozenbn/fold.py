@@ -120,8 +120,8 @@ def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
     ...     keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
     ...     keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU()])
     >>> folded, report = frozenbn.fold(model)
-    >>> [type(layer).__name__ for layer in folded.layers]
-    ['Conv2D', 'ReLU']
+    >>> " -> ".join(type(layer).__name__ for layer in folded.layers)
+    'Conv2D -> ReLU'
     >>> report.folded
     [('conv', 'bn')]
     """

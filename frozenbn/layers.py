@@ -2,6 +2,8 @@
 
 import contextvars
 import numbers
+from typing import Any
+from typing import Optional
 
 import keras
 
@@ -137,7 +139,9 @@ class BatchNormalization(_walk.KERAS_BATCH_NORMALIZATION):
           "Rethinking 'Batch' in BatchNorm".
     """
 
-    def __init__(self, *args, frozen=None, **kwargs):
+    def __init__(
+        self, *args: Any, frozen: Optional[bool] = None, **kwargs: Any
+    ) -> None:
         # `config_version` is written by `get_config` so that future versions
         # can migrate old configs; version 1 needs no migration.
         kwargs.pop("config_version", None)
@@ -303,7 +307,9 @@ class Frozen(keras.layers.Wrapper):
     6
     """
 
-    def __init__(self, layer, frozen=True, **kwargs):
+    def __init__(
+        self, layer: keras.layers.Layer, frozen: bool = True, **kwargs: Any
+    ) -> None:
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 "`frozenbn.Frozen` wraps a Keras layer or model. Received: "
