@@ -19,7 +19,7 @@ from frozenbn import _walk
 # recalibrate`): the package re-exports the function under the module's name.
 from frozenbn.recalibrate import AS_IN_FIT
 from frozenbn.recalibrate import StatisticsPass
-from frozenbn.recalibrate import check_finite_statistics
+from frozenbn.recalibrate import PooledStatistics
 from frozenbn.recalibrate import uses_batch_statistics_in_fit
 
 logger = logging.getLogger(__name__)
@@ -249,20 +249,16 @@ def audit(
     _walk.check_is_layer(model, "audit")
     loss_fn = _loss_function(model, loss)
     layers = _walk.batch_norm_layers(model)
-    pooled = {id(layer): _math.PooledMoments() for layer in layers}
-
-    def sink(layer, mean, var, count):
-        mean, var = ops.convert_to_numpy(mean), ops.convert_to_numpy(var)
-        check_finite_statistics(layer, mean, var, steps_done)
-        pooled[id(layer)].update(mean, var, ops.convert_to_numpy(count))
+    pooled = PooledStatistics(layers)
 
     totals = {"train": 0.0, "inference": 0.0, "weight": 0.0}
     max_diff, diff_sum, diff_count, samples, steps_done = 0.0, 0.0, 0, 0, 0
     has_loss = loss_fn is not None
     batch_in_fit = uses_batch_statistics_in_fit(model)
     for x, y, w in _data.iter_xy(data, steps=steps, batch_size=batch_size):
+        pooled.batch = steps_done
         with StatisticsPass(
-            layers, sink, mode=AS_IN_FIT, batch_in_fit=batch_in_fit
+            layers, pooled, mode=AS_IN_FIT, batch_in_fit=batch_in_fit
         ):
             fit_out = model(x)
         infer_out = model(x, training=False)
@@ -299,9 +295,9 @@ def audit(
         train_loss = inference_loss = ratio = None
 
     audits = [
-        _layer_audit(layer, pooled[id(layer)], batch_in_fit[id(layer)])
+        _layer_audit(layer, pooled[layer], batch_in_fit[id(layer)])
         for layer in layers
-        if pooled[id(layer)].mean is not None
+        if pooled[layer].mean is not None
     ]
     audits.sort(key=lambda a: a.score, reverse=True)
     return AuditReport(

@@ -134,26 +134,19 @@ def recalibrate(
         )
         return 0
 
-    pooled = {id(layer): _math.PooledMoments() for layer in layers}
-    current = {"batch": 0}
-
-    def sink(layer, mean, var, count):
-        mean, var = ops.convert_to_numpy(mean), ops.convert_to_numpy(var)
-        check_finite_statistics(layer, mean, var, current["batch"])
-        pooled[id(layer)].update(mean, var, ops.convert_to_numpy(count))
-
+    pooled = PooledStatistics(layers)
     batches = _data.iter_batches(data, steps=steps, batch_size=batch_size)
     target = _data.count_steps(data, steps=steps, batch_size=batch_size)
     progbar = keras.utils.Progbar(target, verbose=verbose, unit_name="step")
-    with StatisticsPass(layers, sink, mode=BATCH):
+    with StatisticsPass(layers, pooled, mode=BATCH):
         for step, x in enumerate(batches, start=1):
-            current["batch"] = step - 1
+            pooled.batch = step - 1
             model(x)
             progbar.update(step)
 
     updated = 0
     for layer in layers:
-        stats = pooled[id(layer)]
+        stats = pooled[layer]
         if stats.mean is None:
             logger.warning(
                 "recalibrate: BatchNormalization layer '%s' was not called "
@@ -168,9 +161,31 @@ def recalibrate(
         "'%s' with population statistics over %d sample position(s).",
         updated,
         model.name,
-        int(max(p.count for p in pooled.values())),
+        int(max(pooled[layer].count for layer in layers)),
     )
     return updated
+
+
+class PooledStatistics:
+    """The sink of a `StatisticsPass`: pooled moments per BN layer.
+
+    Rejects non-finite statistics (see `check_finite_statistics`), naming
+    the batch in `batch`, which the caller advances. `self[layer]` is that
+    layer's `frozenbn._math.PooledMoments`. Shared by `recalibrate` and
+    `audit`.
+    """
+
+    def __init__(self, layers):
+        self._pooled = {id(layer): _math.PooledMoments() for layer in layers}
+        self.batch = 0
+
+    def __call__(self, layer, mean, var, count) -> None:
+        mean, var = ops.convert_to_numpy(mean), ops.convert_to_numpy(var)
+        check_finite_statistics(layer, mean, var, self.batch)
+        self._pooled[id(layer)].update(mean, var, ops.convert_to_numpy(count))
+
+    def __getitem__(self, layer) -> _math.PooledMoments:
+        return self._pooled[id(layer)]
 
 
 def check_finite_statistics(layer, mean, var, batch: int) -> None:
