@@ -195,14 +195,15 @@ def _copy(model: keras.Model) -> keras.Model:
     finally:
         for clone in clones:
             del clone.add_weight  # back to the class's method
-    if _layer_classes(copy) != _layer_classes(model):
+    classes = _layer_classes(model)
+    if _layer_classes(copy) != classes:
         # `clone_model` rebuilds Functional subclasses (keras-hub backbones
         # and task models) as plain Functional models; their own config
         # keeps the class.
         copy, seeded = _copy_from_config(model), {}
     source, target = model.weights, copy.weights
     mismatch = _first_mismatch(
-        _layer_classes(model) + [(w.name, w.shape) for w in source],
+        classes + [(w.name, w.shape) for w in source],
         _layer_classes(copy) + [(w.name, w.shape) for w in target],
     )
     if mismatch:

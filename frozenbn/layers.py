@@ -156,8 +156,11 @@ class BatchNormalization(_walk.KERAS_BATCH_NORMALIZATION):
     def call(self, inputs, training=None, mask=None):
         if not self.frozen:
             return super().call(inputs, training=training, mask=mask)
-        if mask is None and self._fused_gradient_layout(inputs) is not None:
-            return self._frozen_call_fused_gradient(inputs)
+        layout = None if mask is not None else self._fused_gradient_layout(
+            inputs
+        )
+        if layout is not None:
+            return self._frozen_call_fused_gradient(inputs, layout)
         # The inference branch of Keras BN: moving statistics, no update,
         # and gamma/beta still differentiable through the same op.
         return super().call(inputs, training=False, mask=mask)
@@ -199,10 +202,9 @@ class BatchNormalization(_walk.KERAS_BATCH_NORMALIZATION):
             return "first"
         return None
 
-    def _frozen_call_fused_gradient(self, inputs):
+    def _frozen_call_fused_gradient(self, inputs, layout):
         import tensorflow as tf  # noqa: PLC0415 (TensorFlow backend only)
 
-        layout = self._fused_gradient_layout(inputs)
         # As in Keras BN: float16/bfloat16 inputs are computed in float32.
         x = keras.ops.cast(inputs, "float32")
         mean = keras.ops.cast(self.moving_mean, "float32")
