@@ -23,9 +23,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from frozenbn.demo.scenario import environment_info  # noqa: E402
-from frozenbn.demo.scenario import environment_line  # noqa: E402
-from frozenbn.demo.scenario import write_json  # noqa: E402
+from frozenbn._report import environment_info  # noqa: E402
+from frozenbn._report import environment_line  # noqa: E402
+from frozenbn._report import write_json  # noqa: E402
 
 RESULTS_DIR = os.path.join(_ROOT, "benchmarks", "results")
 

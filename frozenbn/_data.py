@@ -16,6 +16,8 @@ from typing import Tuple
 import keras
 import numpy as np
 
+from frozenbn import _checks
+
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -78,8 +80,8 @@ def iter_xy(
     >>> x.shape, y.shape, w
     ((4, 2), (4,), None)
     """
-    steps = _check_positive_int("steps", steps, allow_none=True)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    steps = _checks.check_positive_int("steps", steps, allow_none=True)
+    batch_size = _checks.check_positive_int("batch_size", batch_size)
     source = _source(data, steps, batch_size)
     taken = 0
     for batch in source:
@@ -119,8 +121,8 @@ def count_steps(
     >>> count_steps(np.zeros((70, 3)), steps=2)
     2
     """
-    steps = _check_positive_int("steps", steps, allow_none=True)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    steps = _checks.check_positive_int("steps", steps, allow_none=True)
+    batch_size = _checks.check_positive_int("batch_size", batch_size)
     known = None
     if _is_array_structure(data):
         n = _num_samples(data)
@@ -272,19 +274,3 @@ def _is_tf_dataset(data) -> bool:
         cls.__module__.startswith("tensorflow.python.data")
         for cls in type(data).__mro__
     )
-
-
-def _check_positive_int(name: str, value, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"`{name}` must be a positive int"
-            + (" or None" if allow_none else "")
-            + f". Received: {name}={value!r}"
-        )
-    if value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive int. Received: {name}={value}"
-        )
-    return int(value)

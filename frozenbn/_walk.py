@@ -14,9 +14,7 @@ import keras
 
 LayerPredicate = Optional[Callable[[keras.layers.Layer], bool]]
 
-# Keras's own class, taken at import: inside a `frozenbn.patch` block the
-# name `keras.layers.BatchNormalization` points to frozenbn's subclass.
-KERAS_BATCH_NORMALIZATION = keras.layers.BatchNormalization
+from frozenbn.layers import KERAS_BATCH_NORMALIZATION  # noqa: F401
 
 
 def iter_layers(root: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
@@ -45,14 +43,3 @@ def batch_norm_layers(
         for layer in iter_layers(root)
         if is_batch_norm(layer) and (include is None or include(layer))
     ]
-
-
-def check_is_layer(obj, function_name: str) -> None:
-    """Raises a `TypeError` naming `function_name` unless `obj` is a layer."""
-    if not isinstance(obj, keras.layers.Layer):
-        raise TypeError(
-            f"`frozenbn.{function_name}` expects a Keras model or layer. "
-            f"Received: an object of type {type(obj).__name__}. Pass a "
-            "`keras.Model` (load a file with `keras.models.load_model` "
-            "first)."
-        )

@@ -2,7 +2,6 @@
 
 import dataclasses
 import logging
-import math
 from typing import Any
 from typing import List
 from typing import Optional
@@ -11,8 +10,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from frozenbn import _checks
 from frozenbn import _data
 from frozenbn import _math
+from frozenbn import _report
 from frozenbn import _walk
 
 # `from frozenbn.recalibrate import ...` (not `from frozenbn import
@@ -101,7 +102,7 @@ class AuditReport:
 
     def to_dict(self) -> dict:
         """A JSON-serializable dict (non-finite numbers become `None`)."""
-        return _finite(dataclasses.asdict(self))
+        return _report.finite(dataclasses.asdict(self))
 
     def __str__(self) -> str:
         lines = [
@@ -110,14 +111,14 @@ class AuditReport:
         ]
         if self.train_loss is not None:
             lines.append(
-                f"Loss with BN as in fit: {_fmt(self.train_loss)}; in "
-                f"inference (evaluate): {_fmt(self.inference_loss)}; "
-                f"evaluate/fit ratio: {_fmt(self.ratio)}."
+                f"Loss with BN as in fit: {_report.fmt(self.train_loss)}; in "
+                f"inference (evaluate): {_report.fmt(self.inference_loss)}; "
+                f"evaluate/fit ratio: {_report.fmt(self.ratio)}."
             )
         lines.append(
             "Output difference fit-mode vs inference: max "
-            f"{_fmt(self.max_output_diff)}, mean "
-            f"{_fmt(self.mean_output_diff)}."
+            f"{_report.fmt(self.max_output_diff)}, mean "
+            f"{_report.fmt(self.mean_output_diff)}."
         )
         if self.layers:
             shown = self.layers[:20]
@@ -181,8 +182,8 @@ class AuditReport:
         title = f"BN audit of '{self.model_name}'"
         if self.train_loss is not None:
             title += (
-                f" - loss fit-mode {_fmt(self.train_loss)}, inference "
-                f"{_fmt(self.inference_loss)}"
+                f" - loss fit-mode {_report.fmt(self.train_loss)}, inference "
+                f"{_report.fmt(self.inference_loss)}"
             )
         figure.suptitle(title + "\n(red: fit uses batch statistics)")
         figure.tight_layout()
@@ -246,7 +247,7 @@ def audit(
     >>> round(report.layers[0].mean_shift, 1)  # moving mean 0, std 1
     5.0
     """
-    _walk.check_is_layer(model, "audit")
+    _checks.check_is_layer(model, "audit")
     loss_fn = _loss_function(model, loss)
     layers = _walk.batch_norm_layers(model)
     pooled = PooledStatistics(layers)
@@ -377,17 +378,3 @@ def _loss_function(model, loss):
 def _batch_size(x) -> int:
     leaves = keras.tree.flatten(x)
     return int(np.shape(leaves[0])[0]) if leaves else 0
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj

@@ -7,6 +7,7 @@ from typing import Optional
 
 import keras
 
+from frozenbn import _checks
 from frozenbn import _data
 from frozenbn.convert import convert
 from frozenbn.recalibrate import recalibrate
@@ -146,8 +147,8 @@ class PreciseBN(keras.callbacks.Callback):
                 "`every_n_epochs` must be a positive int. Received: "
                 f"every_n_epochs={every_n_epochs!r}"
             )
-        _data._check_positive_int("steps", steps, allow_none=True)
-        _data._check_positive_int("batch_size", batch_size)
+        _checks.check_positive_int("steps", steps, allow_none=True)
+        _checks.check_positive_int("batch_size", batch_size)
         self.data = data
         self.steps = steps
         self.every_n_epochs = every_n_epochs

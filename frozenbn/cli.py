@@ -265,8 +265,8 @@ def _run_convert(args) -> int:
 
 
 def _run_audit(args) -> int:
+    from frozenbn._report import write_json
     from frozenbn.audit import audit
-    from frozenbn.demo.scenario import write_json
 
     model = _load_model(args.model)
     x, y = _load_folder(args, model)
@@ -336,11 +336,11 @@ def _check_output(output: str, input_path: str) -> None:
 
 def _load_folder(args, model) -> tuple:
     """The images of `args.data`, sized and preprocessed for `model`."""
-    from frozenbn.demo.data import load_image_folder
+    from frozenbn import _images
 
     size = args.image_size or _input_size(model)
-    x, y, _ = load_image_folder(args.data, size)
-    return _preprocess(x, args.preprocess), y.astype("float32")
+    x, y, _ = _images.load_image_folder(args.data, size)
+    return _images.preprocess(x, args.preprocess), y.astype("float32")
 
 
 def _input_size(model) -> int:
@@ -357,17 +357,6 @@ def _input_size(model) -> int:
             "--image-size to choose the image size"
         )
     return int(shape[1])
-
-
-def _preprocess(x, mode: str):
-    x = x.astype("float32")
-    if mode == "none":
-        return x
-    if mode == "unit":
-        return x / 255.0
-    import keras
-
-    return keras.applications.imagenet_utils.preprocess_input(x, mode=mode)
 
 
 def _parse_arms(text: Optional[str], scenario) -> tuple:

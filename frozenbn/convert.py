@@ -5,6 +5,7 @@ from typing import Optional
 
 import keras
 
+from frozenbn import _checks
 from frozenbn import _walk
 from frozenbn.layers import BatchNormalization
 from frozenbn.layers import Frozen
@@ -66,9 +67,9 @@ def convert(
     ...     for l in frozen_base.layers)
     53
     """
-    _walk.check_is_layer(model, "convert")
-    if not isinstance(frozen, bool):
-        raise TypeError(f"`frozen` must be a bool. Received: frozen={frozen!r}")
+    _checks.check_is_layer(model, "convert")
+    _checks.check_bool("frozen", frozen)
+    _checks.check_bool("inplace", inplace)
     selected = _walk.batch_norm_layers(model, include)
     _check_convertible(selected)
     if inplace:
@@ -111,9 +112,8 @@ def freeze(
     >>> frozenbn.unfreeze(model)
     2
     """
-    _walk.check_is_layer(model, "freeze")
-    if not isinstance(frozen, bool):
-        raise TypeError(f"`frozen` must be a bool. Received: frozen={frozen!r}")
+    _checks.check_is_layer(model, "freeze")
+    _checks.check_bool("frozen", frozen)
 
     changed = 0
     for layer in _walk.iter_layers(model):
@@ -136,7 +136,7 @@ def unfreeze(
     Returns:
         How many layers changed.
     """
-    _walk.check_is_layer(model, "unfreeze")
+    _checks.check_is_layer(model, "unfreeze")
     return freeze(model, frozen=False, include=include)
 
 

@@ -11,6 +11,7 @@ from typing import Tuple
 import keras
 import numpy as np
 
+from frozenbn import _checks
 from frozenbn import _math
 from frozenbn import _walk
 from frozenbn.layers import BatchNormalization as _FrozenBN
@@ -125,7 +126,7 @@ def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
     >>> report.folded
     [('conv', 'bn')]
     """
-    _walk.check_is_layer(model, "fold")
+    _checks.check_is_layer(model, "fold")
     if not _is_graph_model(model):
         raise TypeError(
             "`frozenbn.fold` needs a Functional or Sequential model, whose "

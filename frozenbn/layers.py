@@ -7,9 +7,13 @@ from typing import Optional
 
 import keras
 
-from frozenbn import _walk
+from frozenbn import _checks
 
 _PACKAGE = "frozenbn"
+
+# Keras's own class, taken at import: inside a `frozenbn.patch` block the
+# name `keras.layers.BatchNormalization` points to frozenbn's subclass.
+KERAS_BATCH_NORMALIZATION = keras.layers.BatchNormalization
 
 # The `frozen` of layers built without one: False, or the value of the
 # enclosing `frozenbn.patch` block (per thread and context).
@@ -23,12 +27,7 @@ def _frozen_property(doc: str) -> property:
         return self._frozen
 
     def set(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(
-                "`frozen` must be a Python bool (True or False). "
-                f"Received: frozen={value!r} of type {type(value).__name__}."
-            )
-        self._frozen = value
+        self._frozen = _checks.check_bool("frozen", value)
 
     return property(get, set, doc=doc)
 
@@ -46,7 +45,7 @@ def _check_axis(axis) -> None:
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BatchNormalization(_walk.KERAS_BATCH_NORMALIZATION):
+class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     """Keras `BatchNormalization` with a `frozen` flag for fine-tuning.
 
     A drop-in subclass of `keras.layers.BatchNormalization`: it takes every

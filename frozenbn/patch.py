@@ -7,6 +7,7 @@ from typing import Iterator
 import keras
 from keras.src import layers as _keras_src_layers
 
+from frozenbn import _checks
 from frozenbn import layers as _layers
 
 # Where model-building code looks the class up: the public `keras.layers`
@@ -52,8 +53,7 @@ def patch(frozen: bool = True) -> Iterator[None]:
     >>> keras.layers.BatchNormalization is frozenbn.BatchNormalization
     False
     """
-    if not isinstance(frozen, bool):
-        raise TypeError(f"`frozen` must be a bool. Received: frozen={frozen!r}")
+    _checks.check_bool("frozen", frozen)
     with _LOCK:
         saved = [(module, module.BatchNormalization) for module in _MODULES]
         token = _layers.DEFAULT_FROZEN.set(frozen)

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from frozenbn import _checks
 from frozenbn import _data
 from frozenbn import _math
 from frozenbn import _walk
@@ -122,9 +123,8 @@ def recalibrate(
           "Rethinking 'Batch' in BatchNorm".
         - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167).
     """
-    _walk.check_is_layer(model, "recalibrate")
-    if not isinstance(verbose, int) or isinstance(verbose, bool):
-        raise TypeError(f"`verbose` must be 0, 1 or 2. Received: {verbose!r}")
+    _checks.check_is_layer(model, "recalibrate")
+    _checks.check_verbose(verbose)
     layers = _walk.batch_norm_layers(model, include)
     if not layers:
         logger.warning(

@@ -272,7 +272,7 @@ def test_errors_say_what_to_do():
     unbuilt = keras.Sequential([keras.layers.Dense(2), keras.layers.BatchNormalization()])
     with pytest.raises(ValueError, match="not built.*Build it first"):
         frozenbn.convert(unbuilt)
-    with pytest.raises(TypeError, match="must be a bool"):
+    with pytest.raises(TypeError, match="must be a Python bool"):
         frozenbn.convert(_resnet_small(), frozen="yes")
 
     class MyBN(keras.layers.BatchNormalization):

@@ -55,7 +55,7 @@ def test_flag_nesting_and_restore_on_error():
     assert keras.layers.BatchNormalization is KERAS_BN
     assert type(keras.layers.BatchNormalization()) is KERAS_BN
     assert frozenbn.BatchNormalization().frozen is False
-    with pytest.raises(TypeError, match="must be a bool"):
+    with pytest.raises(TypeError, match="must be a Python bool"):
         with frozenbn.patch(frozen="yes"):
             pass
     assert keras.layers.BatchNormalization is KERAS_BN

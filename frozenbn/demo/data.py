@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from frozenbn._images import load_image_folder  # noqa: F401 (re-exported)
+
 DATA_FILE = os.path.join(os.path.dirname(__file__), "data", "demo_data.npz")
 
 # scikit-image sample images used for each domain and class. All are public
@@ -27,8 +29,6 @@ TARGET_IMAGES = {0: ("chelsea", "coffee"), 1: ("astronaut", "rocket")}
 # Fraction of each photograph's width (from the left) that train patches are
 # cut from; held-out patches come from the rest, so no pixel is in both.
 TRAIN_FRACTION = 0.6
-
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class Split(NamedTuple):
@@ -152,72 +152,6 @@ def build_demo_data(
     return data
 
 
-def load_image_folder(
-    path: str, image_size: int = 32, *, max_per_class: Optional[int] = None
-) -> tuple:
-    """Reads a folder of images in one subfolder per class.
-
-    The layout is the one of `keras.utils.image_dataset_from_directory`:
-    `path/class_a/*.png`, `path/class_b/*.jpg`, ... Classes are the
-    subfolder names in sorted order, labelled 0, 1, ... Images are
-    converted to RGB and resized to `image_size` x `image_size` (bilinear).
-    Reading uses Pillow only, so it works on every Keras backend.
-
-    Args:
-        path: The folder.
-        image_size: Side of the square output images. Defaults to 32.
-        max_per_class: Optional cap on images read per class (the first
-            ones in sorted file order).
-
-    Returns:
-        `(x, y, class_names)`: uint8 `(n, image_size, image_size, 3)`
-        images, uint8 `(n,)` labels and the list of class names.
-
-    Raises:
-        FileNotFoundError: `path` is not a folder.
-        ValueError: `path` has no class subfolder or no readable image.
-
-    Example:
-
-    >>> x, y, names = load_image_folder("my_photos", 64)  # doctest: +SKIP
-    """
-    from PIL import Image
-
-    if os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} is a file, not a folder of images. Expected a folder "
-            "with one subfolder per class, e.g. cats/*.png and dogs/*.png."
-        )
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"Image folder not found: {path}")
-    class_names = sorted(
-        d for d in os.listdir(path)
-        if os.path.isdir(os.path.join(path, d)) and not d.startswith(".")
-    )
-    if not class_names:
-        raise ValueError(
-            f"No class subfolders in {path}. Expected one subfolder per "
-            "class, e.g. cats/*.png and dogs/*.png."
-        )
-    images, labels = [], []
-    for label, name in enumerate(class_names):
-        files = _image_files(os.path.join(path, name))[:max_per_class]
-        for file in files:
-            with Image.open(file) as image:
-                image = image.convert("RGB").resize(
-                    (image_size, image_size), Image.BILINEAR
-                )
-                images.append(np.asarray(image, dtype=np.uint8))
-            labels.append(label)
-    if not images:
-        raise ValueError(
-            f"No images found in the class subfolders of {path} "
-            f"({', '.join(class_names)}); expected files ending in "
-            f"{', '.join(_IMAGE_EXTENSIONS)}."
-        )
-    return np.stack(images), np.asarray(labels, dtype=np.uint8), class_names
-
-
 def split_heldout(
     x: np.ndarray, y: np.ndarray, fraction: float = 0.25, seed: int = 0
 ) -> Domain:
@@ -241,13 +175,6 @@ def split_heldout(
         train.extend(index[n_heldout:])
     train, heldout = rng.permutation(train), rng.permutation(heldout)
     return Domain(Split(x[train], y[train]), Split(x[heldout], y[heldout]))
-
-
-def _image_files(folder: str) -> list:
-    return sorted(
-        os.path.join(folder, f) for f in os.listdir(folder)
-        if f.lower().endswith(_IMAGE_EXTENSIONS)
-    )
 
 
 def _split(arrays, key: str) -> Split:

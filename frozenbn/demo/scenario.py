@@ -19,8 +19,6 @@ statistics (`frozenbn.recalibrate`) make the two agree.
 import dataclasses
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from typing import Callable
@@ -30,6 +28,8 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from frozenbn import _images
+from frozenbn import _report
 from frozenbn.demo.data import DemoData
 from frozenbn.demo.data import Domain
 
@@ -195,7 +195,7 @@ class ScenarioResult:
              f"{r.seconds_per_epoch:.2f}"]
             for r in self.arms
         ]
-        return _format_table(header, rows, markdown)
+        return _report.format_table(header, rows, markdown)
 
 
 def _freeze_backbone(backbone, x_train):
@@ -314,7 +314,7 @@ def _run(data, config, arms, workdir, verbose, start) -> ScenarioResult:
             "target_train": len(target.train.x),
             "target_heldout": len(target.heldout.x),
         },
-        environment=environment_info(),
+        environment=_report.environment_info(),
         seconds=time.perf_counter() - start,
     )
 
@@ -543,28 +543,8 @@ def _evaluate(model, split, batch_size) -> dict:
 
 
 def preprocess(x: np.ndarray, image_size: int) -> np.ndarray:
-    """uint8 RGB images to ResNet50 inputs at `image_size`.
-
-    Resizes (bilinear) when needed and applies
-    `keras.applications.resnet50.preprocess_input` (the "caffe" mode the
-    ImageNet weights expect).
-
-    Args:
-        x: uint8 `(n, h, w, 3)` images.
-        image_size: Output side.
-
-    Returns:
-        float32 `(n, image_size, image_size, 3)` array.
-    """
-    x = x.astype("float32")
-    if x.shape[1:3] != (image_size, image_size):
-        chunks = [
-            keras.ops.convert_to_numpy(keras.ops.image.resize(
-                x[i:i + 256], (image_size, image_size)))
-            for i in range(0, len(x), 256)
-        ]
-        x = np.concatenate(chunks).astype("float32")
-    return keras.applications.resnet50.preprocess_input(x)
+    """uint8 RGB images to ResNet50 inputs at `image_size` ("caffe" mode)."""
+    return _images.preprocess(x, "caffe", image_size)
 
 
 def _prepare_data(data: DemoData, config: ScenarioConfig) -> tuple:
@@ -598,20 +578,6 @@ def _check_arms(arms: Sequence[str]) -> None:
 def _say(verbose: int, message: str) -> None:
     if verbose:
         print(message, flush=True)
-
-
-def _format_table(header: list, rows: list, markdown: bool) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |",
-                 "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
-    widths = [max(len(row[i]) for row in [header] + rows)
-              for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-             for row in [header] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def plot_curves(result: ScenarioResult, path: str) -> str:
@@ -714,7 +680,7 @@ def markdown_report(result: ScenarioResult, title: str) -> str:
         f"backbone) and {cfg['frozen_learning_rate']:g} (backbone trained "
         f"with fixed statistics). {FROZEN_LR_NOTE}",
         "",
-        f"{environment_line(env)} Total {result.seconds:.0f} s.",
+        f"{_report.environment_line(env)} Total {result.seconds:.0f} s.",
         "",
         "Config: `" + json.dumps(cfg) + "`",
         "",
@@ -737,126 +703,8 @@ def write_results(
     """
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)
-    write_json(result.to_dict(), base + ".json")
+    _report.write_json(result.to_dict(), base + ".json")
     with open(base + ".md", "w", encoding="utf-8") as f:
         f.write(markdown_report(result, title))
     plot_curves(result, base + ".png")
     return [base + ".json", base + ".md", base + ".png"]
-
-
-def write_json(payload: dict, path: str) -> str:
-    """Writes `payload` as indented JSON (NaN/inf become `null`)."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(_finite(payload), f, indent=2, sort_keys=False)
-        f.write("\n")
-    return path
-
-
-def _finite(value):
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def environment_info() -> dict:
-    """The machine, backend and versions, for results files.
-
-    Returns:
-        A dict with `device` (GPU name or CPU model), `device_kind`
-        (`"gpu"` or `"cpu"`), `cpu`, `cpu_count`, `load_average` (1-minute,
-        when known: other work slows the timings), `accelerator` (or
-        `None`), `backend`, `platform` and versions of Python, Keras,
-        NumPy, the backend library and frozenbn.
-    """
-    import frozenbn
-
-    backend = keras.config.backend()
-    accelerator = _accelerator(backend)
-    cpu = _cpu_model()
-    return {
-        "device": accelerator or cpu,
-        "device_kind": "gpu" if accelerator else "cpu",
-        "accelerator": accelerator,
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "load_average": _load_average(),
-        "backend": backend,
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "backend_version": _backend_version(backend),
-        "frozenbn": frozenbn.__version__,
-    }
-
-
-def environment_line(env: dict) -> str:
-    """One sentence naming the machine, its load, backend and versions."""
-    if env["accelerator"]:
-        machine = f"GPU {env['accelerator']}, CPU {env['cpu']}"
-    else:
-        machine = f"CPU {env['cpu']}"
-    load = env.get("load_average")
-    load = f", load average {load:.1f}" if load is not None else ""
-    return (
-        f"Machine: {machine} ({env['cpu_count']} cores{load}); backend "
-        f"{env['backend']} {env['backend_version']}, Keras {env['keras']}, "
-        f"NumPy {env['numpy']}, Python {env['python']}, frozenbn "
-        f"{env['frozenbn']}."
-    )
-
-
-def _load_average() -> Optional[float]:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _backend_version(backend: str) -> Optional[str]:
-    module = {"tensorflow": "tensorflow", "jax": "jax",
-              "torch": "torch"}.get(backend)
-    if module is None:
-        return None
-    return getattr(__import__(module), "__version__", None)
-
-
-def _accelerator(backend: str) -> Optional[str]:
-    """The name of the first GPU the backend sees, or `None`."""
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            gpus = tf.config.list_physical_devices("GPU")
-            if gpus:
-                details = tf.config.experimental.get_device_details(gpus[0])
-                return details.get("device_name", gpus[0].name)
-        elif backend == "jax":
-            import jax
-
-            device = jax.devices()[0]
-            if device.platform != "cpu":
-                return device.device_kind
-        elif backend == "torch":
-            import torch
-
-            if torch.cuda.is_available():
-                return torch.cuda.get_device_name(0)
-    except Exception:  # Device queries are informative only.
-        return None
-    return None
