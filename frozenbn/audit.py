@@ -10,6 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from frozenbn import _advice
 from frozenbn import _checks
 from frozenbn import _data
 from frozenbn import _math
@@ -88,6 +89,9 @@ class AuditReport:
         mean_output_diff: Mean absolute difference between them.
         samples: Number of samples audited.
         steps: Number of batches audited.
+        recommendation: The remedy these measurements point to, with a
+            one-line reason (`frozenbn._advice.recommend`); computed from
+            `layers` and `ratio` when not given.
     """
 
     model_name: str
@@ -99,6 +103,15 @@ class AuditReport:
     mean_output_diff: float
     samples: int
     steps: int
+    recommendation: Optional[_advice.Recommendation] = None
+
+    def __post_init__(self):
+        if self.recommendation is None:
+            self.recommendation = _advice.recommend(
+                [a.score for a in self.layers],
+                [a.batch_statistics_in_fit for a in self.layers],
+                self.ratio,
+            )
 
     def to_dict(self) -> dict:
         """A JSON-serializable dict (non-finite numbers become `None`)."""
@@ -145,6 +158,7 @@ class AuditReport:
             )
         else:
             lines.append("No BatchNormalization layer saw the data.")
+        lines.append(f"Recommendation: {self.recommendation}.")
         lines.append(_REMEDIES)
         return "\n".join(lines)
 
