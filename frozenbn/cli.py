@@ -192,53 +192,58 @@ def _add_recalibrate(commands) -> None:
 
 
 def _run_demo(args) -> int:
-    from frozenbn.demo import data as demo_data
+    from frozenbn.demo import arms as demo_arms
+    from frozenbn.demo import images as demo_images
+    from frozenbn.demo import results as demo_results
     from frozenbn.demo import scenario
 
     start = time.perf_counter()
-    arms = _parse_arms(args.arms, scenario)
+    arms = _parse_arms(args.arms, demo_arms)
     config = _demo_config(args, scenario)
-    data = _demo_data(args, demo_data)
+    data = _demo_data(args, demo_images)
     result = scenario.run_scenario(data, config, arms, verbose=1)
-    paths = scenario.write_results(
+    paths = demo_results.write_results(
         result, args.out, "results", title="frozenbn demo: fit vs evaluate"
     )
     print()
     print(result.table())
     print()
-    print(scenario.verdict(result))
+    print(demo_results.verdict(result))
     print(f"wrote {', '.join(paths)} in {time.perf_counter() - start:.0f} s")
     return 0
 
 
 def _demo_config(args, scenario):
     quick = args.quick
+    defaults = scenario.ScenarioConfig()
     return scenario.ScenarioConfig(
         image_size=args.image_size,
         weights=None if args.weights.lower() == "none" else args.weights,
-        pretrain_epochs=0 if quick else 2,
-        epochs=args.epochs or (2 if quick else 5),
+        pretrain_epochs=0 if quick else defaults.pretrain_epochs,
+        epochs=args.epochs or (2 if quick else defaults.epochs),
+        head_epochs=1 if quick else defaults.head_epochs,
         batch_size=args.batch_size,
         seed=args.seed,
-        max_source=128 if quick else 384,
+        max_source=128 if quick else None,
         max_target=128 if quick else None,
+        deterministic=True,
     )
 
 
-def _demo_data(args, demo_data):
-    shipped = demo_data.load_demo_data()
+def _demo_data(args, demo_images):
+    shipped = demo_images.load_demo_data()
     if args.data is None:
         return shipped
-    x, y, names = demo_data.load_image_folder(args.data, args.image_size)
+    x, y, names = demo_images.load_image_folder(args.data, args.image_size)
     if len(names) != 2:
         raise CliError(
             f"the demo classifies two classes; {args.data} has "
             f"{len(names)} class subfolder(s): {', '.join(names)}"
         )
-    target = demo_data.split_heldout(x, y, seed=args.seed)
+    target = demo_images.split_heldout(x, y, seed=args.seed)
     if len(target.heldout.x) == 0:
         raise CliError(f"too few images in {args.data} to hold some out")
-    return demo_data.DemoData(shipped.source, target)
+    return demo_images.DemoData(shipped.source, target)
 
 
 def _run_convert(args) -> int:
@@ -359,11 +364,11 @@ def _input_size(model) -> int:
     return int(shape[1])
 
 
-def _parse_arms(text: Optional[str], scenario) -> tuple:
+def _parse_arms(text: Optional[str], demo_arms) -> tuple:
     if text is None:
-        return scenario.DEMO_ARMS
+        return demo_arms.DEMO_ARMS
     arms = tuple(a.strip() for a in text.split(",") if a.strip())
-    unknown = [a for a in arms if a not in scenario.ARMS]
+    unknown = [a for a in arms if a not in demo_arms.ARMS]
     if unknown:
         raise CliError(
             f"unknown arm(s) {', '.join(unknown)}; choose from {_arm_names()}"
@@ -373,7 +378,8 @@ def _parse_arms(text: Optional[str], scenario) -> tuple:
 
 def _arm_names() -> str:
     return ("stock, keras_backbone_frozen, keras_bn_frozen, frozenbn, "
-            "frozenbn_recalibrated, stock_recalibrated")
+            "frozenbn_recalibrated, stock_recalibrated, keras_guide, "
+            "frozenbn_guide")
 
 
 def _positive_int(text: str) -> int:

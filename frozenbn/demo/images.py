@@ -1,18 +1,30 @@
-"""Small real image data for the demo: shipped patches and user folders.
+"""Small real image data for the demo: two domains, shipped, rebuildable.
 
-The demo needs two image domains, offline: a *source* domain to "pretrain"
-a backbone on and a shifted *target* domain to fine-tune it on, each with a
-train split and a held-out split. `build_demo_data` cuts them out of public
-domain / CC0 photographs bundled with scikit-image (see `data/README.md`);
-the result ships as `data/demo_data.npz` and `load_demo_data` reads it, so
-the demo needs neither scikit-image nor a network at run time.
+The demo needs, offline, a *source* domain to pretrain a backbone on and a
+different *target* domain to fine-tune it on, each with a train and a
+held-out split:
 
-`load_image_folder` reads a user's own two-class folder instead.
+- source: patches of twelve public-domain / CC0 photographs and textures
+  bundled with scikit-image (bricks, grass, gravel, a camera man, coins,
+  the moon, printed pages, cells, the Hubble deep field, a stained tissue
+  sample, a retina), one class per picture, colour-jittered as pretraining
+  data is augmented;
+- target: handwritten digits (scikit-learn's copy of the UCI digits),
+  "scanned" as dark ink on tinted paper with sensor noise, labelled
+  0-4 (0) vs 5-9 (1); the training split is imbalanced (3:1), the held-out
+  split balanced.
+
+`build_demo_data` makes them (see `data/README.md`); the result ships as
+`data/demo_data.npz` and `load_demo_data` reads it, so the demo needs
+neither scikit-image nor scikit-learn at run time. `oversample` balances
+a split the way the bug report did; `load_image_folder` and
+`split_heldout` read a user's own two-class folder instead.
 """
 
 import os
 from typing import NamedTuple
 from typing import Optional
+from typing import Sequence
 
 import numpy as np
 
@@ -20,15 +32,16 @@ from frozenbn._images import load_image_folder  # noqa: F401 (re-exported)
 
 DATA_FILE = os.path.join(os.path.dirname(__file__), "data", "demo_data.npz")
 
-# scikit-image sample images used for each domain and class. All are public
-# domain or CC0 (see data/README.md) and ship inside the scikit-image wheel,
-# so building needs no download.
-SOURCE_IMAGES = {0: ("brick",), 1: ("gravel", "grass")}
-TARGET_IMAGES = {0: ("chelsea", "coffee"), 1: ("astronaut", "rocket")}
+SOURCE_IMAGES = (
+    "brick", "grass", "gravel", "camera", "coins", "moon", "page", "text",
+    "cell", "hubble_deep_field", "immunohistochemistry", "retina",
+)
+"""scikit-image sample pictures of the source domain, one class each."""
 
-# Fraction of each photograph's width (from the left) that train patches are
-# cut from; held-out patches come from the rest, so no pixel is in both.
-TRAIN_FRACTION = 0.6
+GRID = 2
+"""Source pictures are cut into a GRID x GRID checkerboard: train patches
+come from one colour of cells, held-out patches from the other, so no pixel
+is in both."""
 
 
 class Split(NamedTuple):
@@ -53,24 +66,19 @@ class DemoData(NamedTuple):
 
 
 def load_demo_data(path: Optional[str] = None) -> DemoData:
-    """Loads the shipped demo images (32x32 RGB uint8, two classes).
-
-    Source domain: grayscale texture patches, brick (0) vs gravel and grass
-    (1). Target domain: color photo patches with random lighting changes,
-    a cat and a coffee cup (0) vs an astronaut and a rocket launch (1).
-    Held-out patches come from parts of the photographs that no train patch
-    touches.
+    """Loads the shipped demo images (32x32 RGB uint8).
 
     Args:
         path: Optional `.npz` file written by `build_demo_data`. Defaults
             to the file shipped with frozenbn.
 
     Returns:
-        A `DemoData` of `Domain`s of `Split`s.
+        A `DemoData` of `Domain`s of `Split`s: source labels 0-11 (one per
+        picture), target labels 0/1 (digit 0-4 / 5-9).
 
     Example:
 
-    >>> from frozenbn.demo.data import load_demo_data
+    >>> from frozenbn.demo.images import load_demo_data
     >>> data = load_demo_data()
     >>> data.target.train.x.shape[1:], data.target.train.x.dtype
     ((32, 32, 3), dtype('uint8'))
@@ -79,77 +87,103 @@ def load_demo_data(path: Optional[str] = None) -> DemoData:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Demo data file not found: {path}. Reinstall frozenbn, or "
-            "rebuild it with `frozenbn.demo.data.build_demo_data()` "
-            "(needs scikit-image)."
+            "rebuild it with `frozenbn.demo.images.build_demo_data()` "
+            "(needs scikit-image and scikit-learn)."
         )
     with np.load(path) as arrays:
-        return DemoData(
-            *(
-                Domain(*(_split(arrays, f"{domain}_{part}")
-                         for part in ("train", "heldout")))
-                for domain in ("source", "target")
-            )
-        )
+        return DemoData(*(
+            Domain(*(Split(arrays[f"{domain}_{part}_x"],
+                           arrays[f"{domain}_{part}_y"])
+                     for part in ("train", "heldout")))
+            for domain in ("source", "target")
+        ))
 
 
 def build_demo_data(
     path: Optional[str] = DATA_FILE,
     *,
     image_size: int = 32,
-    source_train: int = 640,
+    source_train: int = 768,
     source_heldout: int = 128,
-    target_train: int = 384,
-    target_heldout: int = 192,
+    target_train: Sequence[int] = (192, 64),
+    target_heldout: int = 512,
     seed: int = 1234,
 ) -> DemoData:
-    """Cuts the demo images out of scikit-image's sample photographs.
+    """Makes the demo images from scikit-image and scikit-learn data.
 
-    Each patch is a random square crop (a side of 48 to 160 pixels) resized
-    to `image_size`, with anti-aliasing. Classes are balanced. Target
-    patches also get a random brightness, contrast and color-balance change,
-    like photos from different cameras. Deterministic for a given `seed`.
+    Source patches are random square crops (a side of 40 pixels up to a
+    checkerboard cell) resized to `image_size` with anti-aliasing, then
+    given a random brightness, contrast and colour balance. Target digits
+    (8x8, ink 0-16) are upsampled to `image_size` (bilinear) and drawn as
+    ink on paper with a per-image exposure change and Gaussian noise.
+    Deterministic for a given `seed`.
 
     Args:
         path: Where to write the compressed `.npz` file, or `None` to only
             return the arrays. Defaults to the shipped file.
-        image_size: Side of the square patches, in pixels. Defaults to 32.
-        source_train: Number of source train patches. Defaults to 640.
-        source_heldout: Number of source held-out patches. Defaults to 128.
-        target_train: Number of target train patches. Defaults to 384.
-        target_heldout: Number of target held-out patches. Defaults to 192.
-        seed: Seed of the crops and lighting changes. Defaults to 1234.
+        image_size: Side of the square images, in pixels. Defaults to 32.
+        source_train: Source train patches (balanced over the pictures).
+        source_heldout: Source held-out patches.
+        target_train: Target train digits per class: `(n_0, n_1)`.
+            Defaults to `(192, 64)`, imbalanced 3:1.
+        target_heldout: Target held-out digits, balanced.
+        seed: Seed of the crops, jitter and the digits drawn.
 
     Returns:
         The `DemoData` that was written.
 
     Example:
 
-    >>> from frozenbn.demo.data import build_demo_data
-    >>> data = build_demo_data(None, source_train=8, source_heldout=4,
-    ...                        target_train=8, target_heldout=4)
-    >>> data.source.train.x.shape
-    (8, 32, 32, 3)
+    >>> from frozenbn.demo.images import build_demo_data
+    >>> data = build_demo_data(None, source_train=12, source_heldout=12,
+    ...                        target_train=(4, 2), target_heldout=4)
+    >>> data.source.train.x.shape, list(data.target.train.y).count(1)
+    ((12, 32, 32, 3), 2)
     """
     rng = np.random.default_rng(seed)
-    counts = {
-        "source": (source_train, source_heldout),
-        "target": (target_train, target_heldout),
-    }
-    domains = {}
-    for name, classes in (("source", SOURCE_IMAGES), ("target", TARGET_IMAGES)):
-        photos = {label: [_sample_image(n) for n in names]
-                  for label, names in classes.items()}
-        splits = []
-        for part, count in zip(("train", "heldout"), counts[name]):
-            split = _patches(photos, part, count, image_size, rng)
-            if name == "target":
-                split = Split(_relight(split.x, rng), split.y)
-            splits.append(split)
-        domains[name] = Domain(*splits)
-    data = DemoData(domains["source"], domains["target"])
+    pictures = [_sample_image(name) for name in SOURCE_IMAGES]
+    source = Domain(*(
+        _source_split(pictures, part, count, image_size, rng)
+        for part, count in (("train", source_train),
+                            ("heldout", source_heldout))
+    ))
+    data = DemoData(source, _target_domain(target_train, target_heldout,
+                                           image_size, rng))
     if path is not None:
         _save(data, path)
     return data
+
+
+def oversample(split: Split, seed: int = 0) -> Split:
+    """Repeats the rarer classes until every class is as frequent, shuffled.
+
+    This is what the bug report did with its imbalanced data: every epoch
+    sees balanced batches, and each minority image several times.
+
+    Args:
+        split: Images and integer labels.
+        seed: Seed of the repetition order and the shuffle.
+
+    Returns:
+        A `Split` with `n_classes * max_count` images.
+
+    Example:
+
+    >>> split = Split(np.zeros((4, 1, 1, 3), np.uint8),
+    ...               np.array([0, 0, 0, 1], np.uint8))
+    >>> np.bincount(oversample(split).y).tolist()
+    [3, 3]
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.unique(split.y)
+    indices = [np.flatnonzero(split.y == label) for label in labels]
+    largest = max(len(index) for index in indices)
+    chosen = np.concatenate([
+        np.concatenate([index, rng.choice(index, largest - len(index))])
+        for index in indices
+    ])
+    chosen = rng.permutation(chosen)
+    return Split(split.x[chosen], split.y[chosen])
 
 
 def split_heldout(
@@ -177,10 +211,6 @@ def split_heldout(
     return Domain(Split(x[train], y[train]), Split(x[heldout], y[heldout]))
 
 
-def _split(arrays, key: str) -> Split:
-    return Split(arrays[f"{key}_x"], arrays[f"{key}_y"])
-
-
 def _save(data: DemoData, path: str) -> None:
     arrays = {}
     for domain, splits in data._asdict().items():
@@ -192,7 +222,7 @@ def _save(data: DemoData, path: str) -> None:
 
 
 def _sample_image(name: str) -> np.ndarray:
-    """A scikit-image sample photograph as float RGB in [0, 1]."""
+    """A scikit-image sample picture as float RGB in [0, 1]."""
     import skimage.data
 
     image = np.asarray(getattr(skimage.data, name)(), dtype=np.float32)
@@ -202,37 +232,72 @@ def _sample_image(name: str) -> np.ndarray:
     return image[..., :3]
 
 
-def _patches(photos: dict, part: str, count: int, size: int, rng) -> Split:
-    labels = np.arange(count) % len(photos)
+def _source_split(pictures, part, count, size, rng) -> Split:
+    labels = np.arange(count) % len(pictures)
     rng.shuffle(labels)
-    x = np.stack([
-        _crop(photos[label][rng.integers(len(photos[label]))], part, size, rng)
-        for label in labels
-    ])
-    return Split(x, labels.astype(np.uint8))
+    x = np.stack([_crop(pictures[label], part, size, rng)
+                  for label in labels])
+    return Split(_jitter(x, rng), labels.astype(np.uint8))
 
 
 def _crop(image: np.ndarray, part: str, size: int, rng) -> np.ndarray:
+    """A random square crop inside one checkerboard cell of `part`."""
     from skimage.transform import resize
 
     height, width = image.shape[:2]
-    split = int(width * TRAIN_FRACTION)
-    left, right = (0, split) if part == "train" else (split, width)
-    side = int(rng.integers(48, min(160, right - left, height) + 1))
-    top = int(rng.integers(0, height - side + 1))
-    start = int(rng.integers(left, right - side + 1))
-    crop = image[top:top + side, start:start + side]
-    crop = resize(crop, (size, size), anti_aliasing=True)
+    cells = [(i, j) for i in range(GRID) for j in range(GRID)
+             if ((i + j) % 2 == 0) == (part == "train")]
+    i, j = cells[rng.integers(len(cells))]
+    top, bottom = i * height // GRID, (i + 1) * height // GRID
+    left, right = j * width // GRID, (j + 1) * width // GRID
+    side = int(rng.integers(40, min(bottom - top, right - left) + 1))
+    y0 = int(rng.integers(top, bottom - side + 1))
+    x0 = int(rng.integers(left, right - side + 1))
+    crop = resize(image[y0:y0 + side, x0:x0 + side], (size, size),
+                  anti_aliasing=True)
     return np.clip(np.round(crop * 255.0), 0, 255).astype(np.uint8)
 
 
-def _relight(x: np.ndarray, rng) -> np.ndarray:
+def _jitter(x: np.ndarray, rng) -> np.ndarray:
     """Random brightness, contrast and per-channel gain, per image."""
     n = len(x)
     gain = rng.uniform(0.6, 1.4, (n, 1, 1, 3))
-    contrast = rng.uniform(0.5, 1.5, (n, 1, 1, 1))
-    shift = rng.uniform(-40.0, 40.0, (n, 1, 1, 1))
+    contrast = rng.uniform(0.6, 1.4, (n, 1, 1, 1))
+    shift = rng.uniform(-30.0, 30.0, (n, 1, 1, 1))
     x = x.astype(np.float32)
     mean = x.mean(axis=(1, 2, 3), keepdims=True)
     x = (x - mean) * contrast + mean * gain + shift
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+PAPER = (235.0, 225.0, 200.0)
+INK = (40.0, 40.0, 90.0)
+
+
+def _target_domain(train_counts, heldout, size, rng) -> Domain:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    labels = (digits.target >= 5).astype(np.uint8)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in (0, 1)]
+    half = heldout // 2
+    train = np.concatenate([index[:n] for index, n
+                            in zip(per_class, train_counts)])
+    held = np.concatenate([index[n:n + half] for index, n
+                           in zip(per_class, train_counts)])
+    return Domain(*(
+        Split(_scan(digits.images[chosen], size, rng), labels[chosen])
+        for chosen in (rng.permutation(train), rng.permutation(held))
+    ))
+
+
+def _scan(digits: np.ndarray, size: int, rng) -> np.ndarray:
+    """8x8 ink counts (0-16) to `size` RGB "scans": ink on tinted paper."""
+    from skimage.transform import resize
+
+    ink = np.stack([resize(d / 16.0, (size, size), order=1,
+                           anti_aliasing=False) for d in digits])[..., None]
+    pixels = np.asarray(PAPER) * (1.0 - ink) + np.asarray(INK) * ink
+    pixels += rng.uniform(-15.0, 15.0, (len(pixels), 1, 1, 1))
+    pixels += rng.normal(0.0, 6.0, pixels.shape)
+    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
