@@ -52,7 +52,7 @@ class ScenarioConfig:
         epochs: Maximum fine-tuning epochs (early stopping may end sooner).
         head_epochs: Epochs of head-only training in arms that train the
             head first (Keras's two-phase recipe).
-        batch_size: Batch size everywhere. Defaults to 16.
+        batch_size: Batch size everywhere. Defaults to 32.
         learning_rate: Adam learning rate of stock BN and of head-only
             training. Defaults to 1e-3 (the bug report's).
         frozen_learning_rate: Adam learning rate of arms that train the
@@ -74,7 +74,7 @@ class ScenarioConfig:
     pretrain_epochs: int = 2
     epochs: int = 6
     head_epochs: int = 2
-    batch_size: int = 16
+    batch_size: int = 32
     learning_rate: float = 1e-3
     frozen_learning_rate: float = 1e-4
     patience: int = 2
