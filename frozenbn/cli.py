@@ -88,10 +88,12 @@ def _add_demo(commands) -> None:
         "demo",
         help="fine-tune ResNet50 on real images: stock Keras vs frozenbn",
         description="Runs the fit-vs-evaluate scenario end to end: ResNet50 "
-        "pretrained on one image domain, fine-tuned on a shifted one with "
-        "stock Keras BatchNormalization, with frozenbn.convert, and with "
-        "frozenbn.recalibrate. Prints a table and writes results.json, "
-        "results.md and results.png (per-epoch curves) to --out.",
+        "pretrained on one image domain, fine-tuned on another (imbalanced, "
+        "oversampled) with stock Keras BatchNormalization, with "
+        "frozenbn.recalibrate then convert (frozen), with stock training "
+        "then frozenbn.recalibrate, and with Keras's BN trainable=False. "
+        "Prints a table and writes results.json, results.md and results.png "
+        "(per-epoch curves) to --out.",
     )
     demo.add_argument("--weights", default="none", metavar="PATH|imagenet|none",
                       help="ResNet50 weights: 'none' (random init, "
@@ -100,9 +102,9 @@ def _add_demo(commands) -> None:
     demo.add_argument("--data", metavar="DIR",
                       help="your own target images: DIR/class_a/*.png, "
                       "DIR/class_b/*.png (a quarter is held out); default: "
-                      "the shipped photo patches")
+                      "the shipped handwritten digits")
     demo.add_argument("--epochs", type=_positive_int, default=None,
-                      help="maximum fine-tuning epochs (default 5; 2 with "
+                      help="maximum fine-tuning epochs (default 6; 2 with "
                       "--quick)")
     demo.add_argument("--image-size", type=_image_size, default=32,
                       help="input side in pixels, >= 32 (default 32)")
@@ -110,14 +112,14 @@ def _add_demo(commands) -> None:
                       help="batch size (default 32)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--arms", default=None,
-                      help="comma-separated arms (default: stock,frozenbn,"
-                      "stock_recalibrated); all: " + _arm_names())
+                      help="comma-separated arms (default: stock,"
+                      "stock_recalibrated,frozenbn_recalibrated,"
+                      "keras_bn_frozen); all: " + _arm_names())
     demo.add_argument("--out", default="frozenbn-demo", metavar="DIR",
                       help="output folder (default ./frozenbn-demo)")
     demo.add_argument("--quick", action="store_true",
                       help="a tiny run for tests and a first look: 128 "
-                      "images, 2 epochs, no source pretraining (under a "
-                      "minute on a laptop CPU)")
+                      "images, 2 epochs, no source pretraining")
     demo.set_defaults(run=_run_demo)
 
 

@@ -268,3 +268,38 @@ def test_user_folder_and_local_weights_file_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["weights"] == str(weights)
     assert results["data"]["target_train"] + results["data"]["target_heldout"] == 16
+
+
+@pytest.mark.smoke
+def test_keras_guide_trap():
+    """Keras's transfer-learning recipe on the bug report's Sequential model:
+    BN `trainable=False`, `backbone.trainable = False` to train the head,
+    then `backbone.trainable = True` to fine-tune. The last step silently
+    puts Keras's BN layers back on batch statistics, so `fit` and
+    `evaluate` compute different functions again (measured with `audit`);
+    frozenbn's `frozen=True` survives it and they stay equal."""
+    x = np.random.default_rng(0).normal(3.0, 2.0, (32, 8, 8, 3))
+    y = (x[:, 0, 0, :1] > 3.0).astype("float32")
+    results = {}
+    for name in ("keras_bn_frozen", "frozenbn"):
+        backbone = demo_arms.ARMS[name].prepare(_small_backbone(), x)
+        model = keras.Sequential([
+            keras.Input((8, 8, 3)), backbone,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ])
+        before = frozenbn.audit(model, (x, y), loss="binary_crossentropy")
+        backbone.trainable = False
+        backbone.trainable = True
+        after = frozenbn.audit(model, (x, y), loss="binary_crossentropy")
+        results[name] = (before, after)
+    keras_before, keras_after = results["keras_bn_frozen"]
+    assert not any(a.batch_statistics_in_fit for a in keras_before.layers)
+    assert keras_before.max_output_diff == 0.0
+    assert all(a.batch_statistics_in_fit for a in keras_after.layers)
+    assert keras_after.max_output_diff > 0.01, str(keras_after)
+    assert keras_after.ratio != pytest.approx(1.0, abs=1e-3)
+    for report in results["frozenbn"]:
+        assert not any(a.batch_statistics_in_fit for a in report.layers)
+        assert report.max_output_diff == 0.0
+        assert report.ratio == pytest.approx(1.0, abs=1e-6)
