@@ -343,11 +343,12 @@ def docs_block(payload: dict, name: str) -> str:
 
 def replace_block(text: str, marker: str, block: str) -> str:
     """`text` with the block between the `marker` comments replaced."""
-    pattern = re.compile(rf"(<!-- {marker}:begin -->\n).*?(\n<!-- "
-                         rf"{marker}:end -->)", re.S)
+    pattern = re.compile(rf"(<!-- {marker}:begin -->\n)(?:.*?\n)?"
+                         rf"(<!-- {marker}:end -->)", re.S)
     if not pattern.search(text):
         raise ValueError(f"No <!-- {marker}:begin/end --> block found.")
-    return pattern.sub(lambda m: m.group(1) + block + m.group(2), text)
+    return pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2),
+                       text)
 
 
 def _seeds(text: str) -> list:
