@@ -89,9 +89,9 @@ def _add_demo(commands) -> None:
         help="fine-tune ResNet50 on real images: stock Keras vs frozenbn",
         description="Runs the fit-vs-evaluate scenario end to end: ResNet50 "
         "pretrained on one image domain, fine-tuned on another (imbalanced, "
-        "oversampled) with stock Keras BatchNormalization, with "
-        "frozenbn.recalibrate then convert (frozen), with stock training "
-        "then frozenbn.recalibrate, and with Keras's BN trainable=False. "
+        "oversampled) with stock Keras BatchNormalization, with stock "
+        "training then frozenbn.recalibrate, with frozenbn.convert (frozen "
+        "statistics), and with Keras's BN trainable=False. "
         "Prints a table and writes results.json, results.md and results.png "
         "(per-epoch curves) to --out.",
     )
@@ -104,7 +104,7 @@ def _add_demo(commands) -> None:
                       "DIR/class_b/*.png (a quarter is held out); default: "
                       "the shipped handwritten digits")
     demo.add_argument("--epochs", type=_positive_int, default=None,
-                      help="maximum fine-tuning epochs (default 6; 2 with "
+                      help="maximum fine-tuning epochs (default 12; 2 with "
                       "--quick)")
     demo.add_argument("--image-size", type=_image_size, default=32,
                       help="input side in pixels, >= 32 (default 32)")
@@ -113,8 +113,8 @@ def _add_demo(commands) -> None:
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--arms", default=None,
                       help="comma-separated arms (default: stock,"
-                      "stock_recalibrated,frozenbn_recalibrated,"
-                      "keras_bn_frozen); all: " + _arm_names())
+                      "stock_recalibrated,frozenbn,keras_bn_frozen); all: "
+                      + _arm_names())
     demo.add_argument("--out", default="frozenbn-demo", metavar="DIR",
                       help="output folder (default ./frozenbn-demo)")
     demo.add_argument("--quick", action="store_true",

@@ -72,12 +72,12 @@ class ScenarioConfig:
     image_size: int = 32
     weights: Optional[str] = None
     pretrain_epochs: int = 2
-    epochs: int = 6
+    epochs: int = 12
     head_epochs: int = 2
     batch_size: int = 32
     learning_rate: float = 1e-3
     frozen_learning_rate: float = 1e-4
-    patience: int = 2
+    patience: int = 3
     seed: int = 0
     max_source: Optional[int] = None
     max_target: Optional[int] = None
