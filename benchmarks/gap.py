@@ -30,6 +30,7 @@ Configurations:
 
 Usage:
     KERAS_BACKEND=tensorflow python benchmarks/gap.py --small --seeds 5
+    python benchmarks/gap.py --seeds 0 --arms frozenbn --frozen-lr 1e-3 --tag lr1e-3
     python benchmarks/gap.py --render benchmarks/results/gap_small_tensorflow_cpu.json --docs
 """
 
@@ -87,6 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          deterministic=True)
         if args.epochs:
             config.epochs = args.epochs
+        if args.frozen_lr:
+            config.frozen_learning_rate = args.frozen_lr
         runs.append(scenario.run_scenario(data, config, arms, verbose=1))
         print(runs[-1].table(), flush=True)
         stem = os.path.join(args.out, _common.result_stem(
@@ -392,6 +395,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(default 5)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="override the maximum number of epochs")
+    parser.add_argument("--frozen-lr", type=float, default=None,
+                        help="override the Adam learning rate of the arms "
+                        "that train with fixed statistics (default 1e-4)")
     parser.add_argument("--tag", default="",
                         help="suffix of the result file names")
     parser.add_argument("--render", metavar="JSON", default=None,
