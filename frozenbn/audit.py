@@ -27,13 +27,16 @@ from frozenbn.recalibrate import uses_batch_statistics_in_fit
 logger = logging.getLogger(__name__)
 
 _REMEDIES = (
-    "Remedies: (1) keep training as it is and recalibrate before "
-    "evaluate/save: `frozenbn.recalibrate(model, train_data)`; (2) fine-tune "
-    "with frozen statistics: `model = frozenbn.convert(model)` (or "
-    "`frozenbn.callbacks.FreezeBatchNorm`).\nWith frozen statistics use a "
-    "low learning rate (Adam 1e-5..1e-4, as Keras's transfer-learning guide "
-    "does): a backbone no longer normalized by batch statistics can diverge "
-    "at 1e-3."
+    "Remedies (measured in docs/benchmarks.md): (1) a model already "
+    "trained with batch statistics: `frozenbn.recalibrate(model, "
+    "train_data)` before evaluate/save, so the saved model computes what "
+    "fit optimized; (2) to fine-tune with fit == evaluate: `model = "
+    "frozenbn.convert(model)` (after `frozenbn.recalibrate(model, "
+    "train_data)` when the worst drift score is above 1.5), at a small "
+    "learning rate (Adam 1e-4 in the benchmark; Keras's transfer-learning "
+    "guide uses 1e-5).\nWith frozen statistics a failed run shows in fit "
+    "itself: a training loss stuck at ln 2 (0.693, two balanced classes) "
+    "means the head collapsed to a constant; lower the learning rate."
 )
 
 
