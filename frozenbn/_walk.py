@@ -1,32 +1,43 @@
 """One walk over a model's layers, shared by every frozenbn tool.
 
-`convert`, `freeze`, `recalibrate`, `fold` and `audit` all need "every layer
-of this model, nested models and sublayers of custom layers included, each
-once". Keras keeps that list behind a private method; this module is the
-single place that touches it.
+`convert`, `freeze`, `recalibrate`, `fold`, `fuse` and `audit` all need
+"every layer of this model, nested models and sublayers of custom layers
+included, each once", and the copying tools need to know which layer of a
+copy stands for which layer of the original. Keras keeps the layer tree
+behind private attributes; this module is the single place that reads
+them.
 """
 
+from collections import deque
 from typing import Callable
+from typing import Dict
 from typing import Iterator
+from typing import List
 from typing import Optional
 
 import keras
-
-LayerPredicate = Optional[Callable[[keras.layers.Layer], bool]]
+from keras.src.models.functional import Functional
 
 from frozenbn.layers import KERAS_BATCH_NORMALIZATION  # noqa: F401
+
+LayerPredicate = Optional[Callable[[keras.layers.Layer], bool]]
 
 
 def iter_layers(root: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
     """Yields `root` and every layer nested in it, each exactly once.
 
-    The order is breadth first and deterministic for a given structure, so
-    two models built from the same config yield corresponding layers in the
-    same positions.
+    The order is breadth first and deterministic for a given structure.
+    Bare `keras.Operation` nodes of Functional graphs (`x + 1`, `ops.pad`)
+    are not layers and are not yielded.
     """
     # `_flatten_layers` deduplicates shared layers and descends into nested
     # models, wrappers and sublayers of subclassed layers.
     yield from root._flatten_layers(include_self=True, recursive=True)
+
+
+def children(layer: keras.layers.Layer) -> List[keras.layers.Layer]:
+    """The layers directly tracked by `layer` (not their sublayers)."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
 def is_batch_norm(layer: keras.layers.Layer) -> bool:
@@ -43,3 +54,124 @@ def batch_norm_layers(
         for layer in iter_layers(root)
         if is_batch_norm(layer) and (include is None or include(layer))
     ]
+
+
+def is_graph_model(layer) -> bool:
+    """Whether `layer` is a Sequential or Functional model (a known graph).
+
+    `keras.Model(inputs, outputs)` and subclasses that call it (keras-hub
+    backbones and task models) are Functional; subclassed models whose
+    structure lives in their `call` are not.
+    """
+    return isinstance(layer, (keras.Sequential, Functional))
+
+
+def check_built(model: keras.layers.Layer, function_name: str) -> None:
+    """Raises a `ValueError` naming `function_name` unless `model` is built.
+
+    Only the model itself must be built. Sublayers that were never called
+    (keras-hub models keep some) have no weights to copy, and a copy made
+    from the config has them unbuilt too.
+    """
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built, so it has no weights yet "
+            f"and `frozenbn.{function_name}` has nothing to work on. Build "
+            "it first: give it an `Input`, call it on a batch, or call "
+            "`model.build(input_shape)`."
+        )
+
+
+def own_weights(layer: keras.layers.Layer) -> list:
+    """The variables `layer` itself created (not its sublayers'), in order."""
+    weights, seen = [], set()
+    for variable in list(getattr(layer, "_trainable_variables", [])) + list(
+        getattr(layer, "_non_trainable_variables", [])
+    ):
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            weights.append(variable)
+    return weights
+
+
+def paths(root: keras.layers.Layer) -> Dict[int, str]:
+    """`id(layer) -> "root/child/grandchild"` for every layer in `root`.
+
+    A layer reachable along several paths (a shared layer) gets the first
+    one in breadth-first order.
+    """
+    found = {id(root): root.name}
+    queue = deque([root])
+    while queue:
+        parent = queue.popleft()
+        for child in children(parent):
+            if id(child) not in found:
+                found[id(child)] = f"{found[id(parent)]}/{child.name}"
+                queue.append(child)
+    return found
+
+
+def layer_path(root: keras.layers.Layer, layer: keras.layers.Layer) -> str:
+    """The path of `layer` in `root` (see `paths`), or its name."""
+    return paths(root).get(id(layer), layer.name)
+
+
+def match(
+    source: keras.layers.Layer, copy: keras.layers.Layer
+) -> Dict[int, keras.layers.Layer]:
+    """Which layer of `copy` stands for each layer of `source`.
+
+    `copy` is a copy of `source` (a clone, or a model rebuilt from its
+    config). Layers are matched by their path in the model, level by level
+    from the roots: children with the same name and class are paired first
+    (names are kept by configs; a model rebuilt from its config may list
+    its sublayers in another order); the remaining children are paired by
+    class, in order (sublayers that custom layers create without a name get
+    a new automatic name in a copy). Shared layers are matched once.
+
+    Returns:
+        `{id(source_layer): copy_layer}`; layers with no counterpart are
+        missing from it.
+    """
+    pairs = {id(source): copy}
+    queue = deque([(source, copy)])
+    while queue:
+        src, dst = queue.popleft()
+        for a, b in _pair_children(children(src), children(dst)):
+            if id(a) not in pairs:
+                pairs[id(a)] = b
+                queue.append((a, b))
+    return pairs
+
+
+def _pair_children(sources: list, copies: list) -> list:
+    def unique_names(layers):
+        counts = {}
+        for layer in layers:
+            counts[layer.name] = counts.get(layer.name, 0) + 1
+        return {layer.name: layer for layer in layers if counts[layer.name] == 1}
+
+    by_name = unique_names(copies)
+    source_names = unique_names(sources)
+    pairs, taken = [], set()
+    for layer in sources:
+        other = by_name.get(layer.name)
+        if (
+            source_names.get(layer.name) is layer
+            and other is not None
+            and type(other) is type(layer)
+        ):
+            pairs.append((layer, other))
+            taken.add(id(layer))
+            taken.add(id(other))
+    remaining = {}
+    for other in copies:
+        if id(other) not in taken:
+            remaining.setdefault(type(other), deque()).append(other)
+    for layer in sources:
+        if id(layer) in taken:
+            continue
+        candidates = remaining.get(type(layer))
+        if candidates:
+            pairs.append((layer, candidates.popleft()))
+    return pairs

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from frozenbn import _checks
+from frozenbn import _clone
 from frozenbn import _math
 from frozenbn import _walk
 from frozenbn.layers import BatchNormalization as _FrozenBN
@@ -127,7 +128,7 @@ def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
     [('conv', 'bn')]
     """
     _checks.check_is_layer(model, "fold")
-    if not _is_graph_model(model):
+    if not _walk.is_graph_model(model):
         raise TypeError(
             "`frozenbn.fold` needs a Functional or Sequential model, whose "
             f"layer graph it can read. '{model.name}' is a "
@@ -135,25 +136,27 @@ def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
             "whose structure lives in its Python code. Rebuild it as a "
             "Functional model (`keras.Model(inputs, outputs)`) to fold it."
         )
-    if not model.built or not all(
-        layer.built for layer in _walk.iter_layers(model)
-    ):
-        raise ValueError(
-            f"Model '{model.name}' is not built, so it has no weights to "
-            "fold yet. Give it an `Input` or call it on a batch first."
-        )
+    _walk.check_built(model, "fold")
     folder = _Folder()
     copy = folder.fold_model(model)
     report = FoldReport(folded=folder.folded, left=folder.left)
+    owners = _owners_in_graph(model)
     for bn in _walk.batch_norm_layers(model):
-        if id(bn) not in folder.handled:
-            report.left.append(
-                (
-                    bn.name,
-                    "not a node of a Functional or Sequential graph (it is "
-                    "inside a custom layer or a subclassed model)",
-                )
+        if id(bn) in folder.handled:
+            continue
+        owner = owners.get(id(bn))
+        if owner is None:
+            reason = (
+                "the model's graph never calls it (an unused sublayer); the "
+                "folded copy does not contain it"
             )
+        else:
+            reason = (
+                f"it is inside {type(owner).__name__} '{owner.name}', a "
+                "custom layer whose calls fold cannot see; the layer is "
+                "copied as it is"
+            )
+        report.left.append((bn.name, reason))
     logger.info(
         "fold: folded %d BN layer(s), left %d.",
         len(report.folded),
@@ -162,12 +165,27 @@ def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
     return copy, report
 
 
-def _is_graph_model(layer) -> bool:
-    if isinstance(layer, keras.Sequential):
-        return True
-    # `keras.Model(inputs, outputs)` (and subclasses that call it) are
-    # Functional: they keep their graph of nodes.
-    return isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth")
+def _owners_in_graph(model) -> dict:
+    """`{id(layer): graph node that contains it}` for layers inside nodes.
+
+    The nodes of a Functional or Sequential graph (recursively through
+    nested graph models) are the layers the model calls; a sublayer of a
+    custom node layer is reached only through that layer's own `call`.
+    """
+    owners = {}
+    for op in _graph_operations(model):
+        if _walk.is_graph_model(op):
+            owners.update(_owners_in_graph(op))
+        elif isinstance(op, keras.layers.Layer):
+            for layer in _walk.iter_layers(op):
+                owners.setdefault(id(layer), op)
+    return owners
+
+
+def _graph_operations(model) -> list:
+    if isinstance(model, keras.Sequential):
+        return list(model.layers)
+    return list(getattr(model, "_operations", []))
 
 
 class _Folder:
@@ -187,7 +205,7 @@ class _Folder:
         jobs = []  # (original layer, its copy)
 
         def clone(layer):
-            if _is_graph_model(layer):
+            if _walk.is_graph_model(layer):
                 return self.fold_model(layer)
             if id(layer) in removed:
                 # A placeholder that is never called: `call_fn` skips it.
@@ -195,8 +213,19 @@ class _Folder:
             config = layer.get_config()
             if id(layer) in pairs:
                 config["use_bias"] = True
-            new = layer.__class__.from_config(config)
-            jobs.append((layer, new))
+            try:
+                new = _clone.copy_layer(layer, config)
+            except _clone.UncopyableLayer as error:
+                raise RuntimeError(
+                    f"`frozenbn.fold` cannot copy model '{model.name}': "
+                    f"{error}. fold rebuilds every layer of the graph from "
+                    "its config; make the layer's `get_config` round-trip "
+                    "through `from_config`, or serve the model unfolded."
+                ) from error
+            if isinstance(layer, keras.layers.Layer):
+                # Bare `keras.Operation` nodes (`x + 3.0`, `ops.pad`) have
+                # no weights; their config is the whole copy.
+                jobs.append((layer, new))
             return new
 
         if isinstance(model, keras.Sequential):
@@ -215,7 +244,7 @@ class _Folder:
             if id(layer) in pairs:
                 _assign(new, _folded_weights(layer, pairs[id(layer)]))
             else:
-                new.set_weights(layer.get_weights())
+                _clone.copy_weights(layer, new)
         return copy
 
     def _clone_sequential(self, model, clone, removed) -> keras.Sequential:

@@ -1,8 +1,10 @@
 """Frozen-statistics BatchNormalization and the `Frozen` inference wrapper."""
 
+import contextlib
 import contextvars
 import numbers
 from typing import Any
+from typing import Iterator
 from typing import Optional
 
 import keras
@@ -11,13 +13,29 @@ from frozenbn import _checks
 
 _PACKAGE = "frozenbn"
 
-# Keras's own class, taken at import: inside a `frozenbn.patch` block the
-# name `keras.layers.BatchNormalization` points to frozenbn's subclass.
+# Keras's own class, taken at import.
 KERAS_BATCH_NORMALIZATION = keras.layers.BatchNormalization
 
-# The `frozen` of layers built without one: False, or the value of the
-# enclosing `frozenbn.patch` block (per thread and context).
-DEFAULT_FROZEN = contextvars.ContextVar("frozenbn_default_frozen", default=False)
+# Inside a `frozenbn.patch(frozen=...)` block (per thread and context): that
+# `frozen` value, which Keras BatchNormalization constructions build
+# frozenbn layers with and which frozenbn layers built without one take.
+# `None` outside any block: Keras builds its own class, and frozenbn layers
+# default to `frozen=False`.
+DEFAULT_FROZEN = contextvars.ContextVar("frozenbn_default_frozen", default=None)
+
+
+@contextlib.contextmanager
+def keras_classes() -> Iterator[None]:
+    """Within the block, Keras BatchNormalization builds Keras's own class.
+
+    frozenbn's tools copy layers from their configs; inside a user's
+    `frozenbn.patch` block they must still get the class they copy.
+    """
+    token = DEFAULT_FROZEN.set(None)
+    try:
+        yield
+    finally:
+        DEFAULT_FROZEN.reset(token)
 
 
 def _frozen_property(doc: str) -> property:
@@ -146,7 +164,7 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
         kwargs.pop("config_version", None)
         _check_axis(kwargs.get("axis", args[0] if args else -1))
         super().__init__(*args, **kwargs)
-        self.frozen = DEFAULT_FROZEN.get() if frozen is None else frozen
+        self.frozen = bool(DEFAULT_FROZEN.get()) if frozen is None else frozen
 
     frozen = _frozen_property(
         "Whether the layer always uses (and never updates) its statistics."

@@ -55,3 +55,112 @@ def run_serialization_test(layer):
 
 def _json_normal(obj):
     return json.loads(json.dumps(obj))
+
+
+def images(n=2, size=32, seed=0):
+    """`n` random float32 RGB images in [0, 1] of side `size`."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.0, 1.0, (n, size, size, 3)).astype("float32")
+
+
+def outputs(model, x, training=False):
+    """Every output tensor of `model(x)` as a NumPy array, flattened."""
+    return [to_numpy(t) for t in keras.tree.flatten(model(x, training=training))]
+
+
+def assert_outputs_equal(expected, got):
+    """Two `outputs` lists equal bit for bit."""
+    assert len(expected) == len(got)
+    for a, b in zip(expected, got):
+        assert a.shape == b.shape and np.array_equal(a, b), np.max(np.abs(a - b))
+
+
+def assert_outputs_close(expected, got, atol, rtol):
+    """Two `outputs` lists equal to `atol + rtol * max|expected|` per tensor."""
+    assert len(expected) == len(got)
+    for a, b in zip(expected, got):
+        assert a.shape == b.shape
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        assert np.all(np.isfinite(a64)) and np.all(np.isfinite(b64))
+        scale = float(np.max(np.abs(a64))) if a64.size else 0.0
+        error = float(np.max(np.abs(a64 - b64))) if a64.size else 0.0
+        assert error <= atol + rtol * scale, (error, scale)
+
+
+def layers_of(model, cls):
+    """Every layer of `model` (nested ones included) that is a `cls`."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        if isinstance(layer, cls)
+    ]
+
+
+def count_layers(model, cls):
+    return len(layers_of(model, cls))
+
+
+def layer_classes(model):
+    return [type(layer) for layer in model._flatten_layers()]
+
+
+def assert_same_weight_values(a, b):
+    """`a` and `b` hold the same weight values, bit for bit, in any order.
+
+    Independent of how layers are listed (a model rebuilt from its config
+    may list its sublayers in another order): the multisets of (shape,
+    dtype, bytes) must be equal.
+    """
+
+    def key(array):
+        return (array.shape, str(array.dtype), array.tobytes())
+
+    wa = sorted((key(w) for w in weights_of(a)), key=repr)
+    wb = sorted((key(w) for w in weights_of(b)), key=repr)
+    assert len(wa) == len(wb)
+    assert wa == wb
+
+
+# Attributes through which dropout-like layers (Keras's and keras-hub's
+# DropPath / stochastic depth) draw their randomness.
+_STOCHASTIC_ATTRIBUTES = {"rate": 0.0, "drop_rate": 0.0, "stddev": 0.0}
+
+
+def disable_stochastic_layers(model):
+    """Turns dropout-like layers into identities, so training mode is
+    deterministic apart from BatchNormalization. Returns how many changed."""
+    changed = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        name = type(layer).__name__
+        if not any(word in name for word in ("Dropout", "DropPath", "Noise")):
+            continue
+        for attribute, value in _STOCHASTIC_ATTRIBUTES.items():
+            if isinstance(getattr(layer, attribute, None), (int, float)):
+                object.__setattr__(layer, attribute, value)
+                changed += 1
+    return changed
+
+
+def called_layers(model, x, cls):
+    """The layers of class `cls` that `model(x)` calls (a test oracle).
+
+    Each such layer's `call` is wrapped on the instance for one forward
+    pass; layers a model holds but never calls are not returned.
+    """
+    called, layers = set(), layers_of(model, cls)
+
+    def recording(layer, call):
+        def wrapped(*args, **kwargs):
+            called.add(id(layer))
+            return call(*args, **kwargs)
+
+        return wrapped
+
+    for layer in layers:
+        object.__setattr__(layer, "call", recording(layer, layer.call))
+    try:
+        model(x)
+    finally:
+        for layer in layers:
+            object.__delattr__(layer, "call")
+    return [layer for layer in layers if id(layer) in called]
