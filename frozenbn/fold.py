@@ -137,8 +137,26 @@ def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
             "Functional model (`keras.Model(inputs, outputs)`) to fold it."
         )
     _walk.check_built(model, "fold")
-    folder = _Folder()
-    copy = folder.fold_model(model)
+    folder, names = _Folder(), {}
+    try:
+        copy = folder.fold_model(model)
+    except _clone.UncopyableLayer as error:
+        # A layer whose config does not rebuild it (a `get_config` that
+        # does not round-trip). Fold a private exact copy of the model
+        # instead, reusing such layers from it: the result stays
+        # independent of `model`.
+        private, names = _private_copy(model, error)
+        folder = _Folder(reuse_uncopyable=True)
+        copy = folder.fold_model(private)
+        model = private
+    if folder.reused:
+        logger.warning(
+            "fold: reused layer(s) %s as they are (their configs do not "
+            "rebuild them); the folded model works, but saving it to a "
+            ".keras file will not load back until their `get_config` is "
+            "fixed.",
+            ", ".join(names.get(name, name) for name in folder.reused),
+        )
     report = FoldReport(folded=folder.folded, left=folder.left)
     owners = _owners_in_graph(model)
     for bn in _walk.batch_norm_layers(model):
@@ -157,12 +175,36 @@ def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
                 "copied as it is"
             )
         report.left.append((bn.name, reason))
+    if names:
+        report = FoldReport(
+            folded=[(names.get(a, a), names.get(b, b)) for a, b in report.folded],
+            left=[(names.get(bn, bn), why) for bn, why in report.left],
+        )
     logger.info(
         "fold: folded %d BN layer(s), left %d.",
         len(report.folded),
         len(report.left),
     )
     return copy, report
+
+
+def _private_copy(model, error: Exception):
+    """An exact copy of `model`, and `{copy's layer name: model's}`."""
+    try:
+        private, pairs = _clone.copy_model(model)
+    except RuntimeError as copy_error:
+        raise RuntimeError(
+            f"`frozenbn.fold` cannot copy model '{model.name}': {error}, and "
+            f"the model's own config does not copy it either ({copy_error}). "
+            "Make the layer's `get_config` round-trip through `from_config`, "
+            "or serve the model unfolded."
+        ) from copy_error
+    names = {
+        pairs[id(layer)].name: layer.name
+        for layer in _walk.iter_layers(model)
+        if id(layer) in pairs
+    }
+    return private, names
 
 
 def _owners_in_graph(model) -> dict:
@@ -191,10 +233,14 @@ def _graph_operations(model) -> list:
 class _Folder:
     """Copies a model, folding BN layers; accumulates the report."""
 
-    def __init__(self):
+    def __init__(self, reuse_uncopyable: bool = False):
         self.folded: List[Tuple[str, str]] = []
         self.left: List[Tuple[str, str]] = []
         self.handled = set()  # ids of BN layers decided on
+        # Whether layers that their config does not rebuild are reused as
+        # they are (when folding a private copy), and which were.
+        self.reuse_uncopyable = reuse_uncopyable
+        self.reused: List[str] = []
 
     def fold_model(self, model: keras.Model) -> keras.Model:
         if isinstance(model, keras.Sequential):
@@ -215,13 +261,11 @@ class _Folder:
                 config["use_bias"] = True
             try:
                 new = _clone.copy_layer(layer, config)
-            except _clone.UncopyableLayer as error:
-                raise RuntimeError(
-                    f"`frozenbn.fold` cannot copy model '{model.name}': "
-                    f"{error}. fold rebuilds every layer of the graph from "
-                    "its config; make the layer's `get_config` round-trip "
-                    "through `from_config`, or serve the model unfolded."
-                ) from error
+            except _clone.UncopyableLayer:
+                if not self.reuse_uncopyable or id(layer) in pairs:
+                    raise
+                self.reused.append(layer.name)
+                return layer
             if isinstance(layer, keras.layers.Layer):
                 # Bare `keras.Operation` nodes (`x + 3.0`, `ops.pad`) have
                 # no weights; their config is the whole copy.

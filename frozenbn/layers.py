@@ -50,6 +50,27 @@ def _frozen_property(doc: str) -> property:
     return property(get, set, doc=doc)
 
 
+# The version of the configs that `get_config` writes. A config without one
+# predates versioning and means version 1; a newer version than this one was
+# written by a newer frozenbn, whose meaning this version cannot know.
+CONFIG_VERSION = 1
+
+
+def _check_config_version(class_name: str, version) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(
+            f"Invalid `config_version` {version!r} in a {class_name} config; "
+            "expected a positive int written by frozenbn."
+        )
+    if version > CONFIG_VERSION:
+        raise ValueError(
+            f"This {class_name} config has config_version {version}, written "
+            "by a newer frozenbn; this version reads configs up to version "
+            f"{CONFIG_VERSION}. Upgrade frozenbn (pip install -U frozenbn) "
+            "to load it."
+        )
+
+
 def _check_axis(axis) -> None:
     # Keras's own `int(axis)` would fail with a message that never names
     # `axis` for a list, and would silently truncate `axis=1.5`.
@@ -159,9 +180,7 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     def __init__(
         self, *args: Any, frozen: Optional[bool] = None, **kwargs: Any
     ) -> None:
-        # `config_version` is written by `get_config` so that future versions
-        # can migrate old configs; version 1 needs no migration.
-        kwargs.pop("config_version", None)
+        _check_config_version(type(self).__name__, kwargs.pop("config_version", 1))
         _check_axis(kwargs.get("axis", args[0] if args else -1))
         super().__init__(*args, **kwargs)
         self.frozen = bool(DEFAULT_FROZEN.get()) if frozen is None else frozen
@@ -184,8 +203,16 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"frozen": self.frozen, "config_version": 1})
+        config.update({"frozen": self.frozen, "config_version": CONFIG_VERSION})
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Checked here too: Keras wraps errors raised in `__init__` into a
+        # generic deserialization `TypeError`.
+        config = dict(config)
+        _check_config_version(cls.__name__, config.pop("config_version", 1))
+        return super().from_config(config)
 
     # Whether frozen calls may take their gradient from TensorFlow's fused
     # kernel. A private switch for tests and benchmarks: `False` leaves the
@@ -360,11 +387,13 @@ class Frozen(keras.layers.Wrapper):
 
     def get_config(self):
         config = super().get_config()
-        config["frozen"] = self.frozen
+        config.update({"frozen": self.frozen, "config_version": CONFIG_VERSION})
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         # `Wrapper.from_config` pops "layer" from the dict it is given; work
         # on a copy so the caller's config stays intact.
-        return super().from_config(dict(config), custom_objects=custom_objects)
+        config = dict(config)
+        _check_config_version(cls.__name__, config.pop("config_version", 1))
+        return super().from_config(config, custom_objects=custom_objects)

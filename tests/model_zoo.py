@@ -31,8 +31,6 @@ import keras
 
 # Models whose builder refuses inputs smaller than this side.
 _MIN_SIDE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
-# Builders over ~40 M parameters: the `slow` tier (still run by CI).
-_SLOW_PARAMS = 40_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +68,26 @@ def _application_sources(module) -> str:
 
 
 def keras_applications() -> List[ZooModel]:
-    """Every `keras.applications` model that contains BatchNormalization."""
-    models = []
-    for name in sorted(dir(keras.applications)):
+    """Every `keras.applications` model that contains BatchNormalization.
+
+    The first builder defined in each `keras.applications` module (the
+    smallest of its family: ResNet50, DenseNet121, EfficientNetB0, ...) is
+    in the fast tier; the module's other builders run the same code at
+    other depths and widths and form the `slow` tier.
+    """
+    models, seen_modules = [], set()
+    builders = []
+    for name in dir(keras.applications):
         builder = getattr(keras.applications, name)
         if not (name[:1].isupper() and inspect.isfunction(builder)):
             continue
         if "include_top" not in inspect.signature(builder).parameters:
             continue
-        if not _uses_batch_norm(_application_sources(inspect.getmodule(builder))):
+        module = inspect.getmodule(builder)
+        line = inspect.getsourcelines(builder)[1]
+        builders.append((module.__name__, line, name, builder, module))
+    for module_name, _, name, builder, module in sorted(builders):
+        if not _uses_batch_norm(_application_sources(module)):
             continue
         side = _MIN_SIDE.get(name, 32)
 
@@ -93,18 +102,11 @@ def keras_applications() -> List[ZooModel]:
                 build=build,
                 image_size=side,
                 family="applications",
-                slow=_is_large(name),
+                slow=module_name in seen_modules,
             )
         )
-    return models
-
-
-def _is_large(name: str) -> bool:
-    # By the architecture's name: building a model just to count its
-    # parameters would cost what the tier is meant to save.
-    return bool(
-        re.search(r"(B[5-7]|V2[ML]|Large|152|201|169|InceptionResNet)$", name)
-    )
+        seen_modules.add(module_name)
+    return sorted(models, key=lambda model: model.id)
 
 
 # ---------------------------------------------------------------------------
@@ -353,7 +355,7 @@ TINY_BACKBONE_KWARGS = {
     ],
 }
 
-_HUB_IMAGE_SIZE = 64
+_HUB_IMAGE_SIZE = 32
 
 
 def _mit(size):
@@ -470,3 +472,81 @@ def cls_has_tiny_backbone(name: str) -> bool:
 def all_models() -> List[ZooModel]:
     """Every model of the sweep."""
     return keras_applications() + keras_hub_backbones() + keras_hub_tasks()
+
+
+def coverage_markdown() -> str:
+    """docs/coverage.md: the models the sweep covers, from the zoo itself.
+
+    `tests/test_model_sweep.py::test_coverage_page_is_current` checks that
+    the committed page equals this text; regenerate it with
+    `python -m tests.model_zoo > docs/coverage.md`.
+    """
+    import keras_hub
+
+    apps = keras_applications()
+    backbones = keras_hub_backbones()
+    tasks = keras_hub_tasks()
+    families = sorted({spec.id.split("-")[0] for spec in backbones})
+    lines = [
+        "# Model coverage",
+        "",
+        "Every tool (`convert` as a copy and in place, `freeze`/`unfreeze`, "
+        "`fold`, `recalibrate`, `audit`, `patch`, and the `.keras` round trip) "
+        "runs on every model below in `tests/test_model_sweep.py`, on "
+        "TensorFlow, JAX and torch. The list is not written by hand: "
+        "`tests/model_zoo.py` derives it from the installed packages "
+        f"(here Keras {keras.__version__} and keras-hub "
+        f"{keras_hub.__version__}), and this page is generated from it "
+        "(`python -m tests.model_zoo > docs/coverage.md`; a test checks it "
+        "is current).",
+        "",
+        f"- **{len(apps)} `keras.applications` models**: every builder whose "
+        "model contains BatchNormalization, with random weights at their "
+        "smallest input size.",
+        f"- **{len(families)} keras-hub backbone classes** in "
+        f"{len(backbones)} configurations: every `keras_hub.models.Backbone` "
+        "whose package uses BatchNormalization, built offline from small "
+        "configurations.",
+        f"- **{len(tasks)} keras-hub task models**: every image classifier, "
+        "segmenter and detector built on one of those backbones.",
+        "",
+        "What the sweep checks, per model: the converted copy keeps the "
+        "model's class and every weight bit for bit, its outputs equal the "
+        "original's, and the original is untouched; a frozen model's "
+        "training-mode output equals its inference output (dropout-like "
+        "layers off); `fold` matches the model to 1e-5 relative and reports "
+        "every BN layer it leaves, with the reason; `recalibrate` writes "
+        "every BN layer the forward pass calls, and no other; `audit` "
+        "reports every called layer; layers built inside `frozenbn.patch()` "
+        "are frozenbn's.",
+        "",
+        "Two things the sweep found, and what frozenbn does about them:",
+        "",
+        "- keras-hub models rebuild their layers from constructor arguments "
+        "when they load, so a saved `.keras` file does not record which "
+        "BatchNormalization layers were frozenbn's: it loads with Keras's "
+        "layers, the same weights and the same inference outputs. `convert` "
+        "warns about it; load such a file inside `with frozenbn.patch():`, or "
+        "call `frozenbn.convert(model, inplace=True)` after loading.",
+        "- Some keras-hub layers do not rebuild from their own config "
+        "(SegFormer's and MiT's `HierarchicalTransformerEncoder`, D-FINE's "
+        "decoder). `fold` then folds a private copy made from the model's "
+        "config and reuses those layers, with a warning: the folded model "
+        "works, but a `.keras` file of it will not load.",
+        "",
+        "| family | model | tier |",
+        "|---|---|---|",
+    ]
+    for spec in apps + backbones + tasks:
+        family = {
+            "applications": "keras.applications",
+            "hub_backbone": "keras-hub backbone",
+            "hub_task": "keras-hub task",
+        }[spec.family]
+        tier = "slow (TensorFlow in CI)" if spec.slow else "every backend"
+        lines.append(f"| {family} | `{spec.id}` | {tier} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(coverage_markdown(), end="")

@@ -415,3 +415,20 @@ def test_cli_bad_data_folders_leave_the_model_file_alone(
         assert message.format(path=path) in _error_line(capsys)
     assert _files(workdir) == before
     assert not os.path.exists(out)
+
+
+@pytest.mark.smoke
+def test_configs_from_a_newer_frozenbn_are_refused_not_misread():
+    bn = frozenbn.BatchNormalization(frozen=True)
+    wrapper = frozenbn.Frozen(keras.layers.Dense(2))
+    for layer in (bn, wrapper):
+        config = layer.get_config()
+        assert config["config_version"] == 1
+        newer = dict(config, config_version=2)
+        with pytest.raises(ValueError, match="newer frozenbn.*Upgrade frozenbn"):
+            type(layer).from_config(newer)
+        with pytest.raises(ValueError, match="Invalid `config_version`"):
+            type(layer).from_config(dict(config, config_version="1"))
+        # Configs written before versioning read as version 1.
+        unversioned = {k: v for k, v in config.items() if k != "config_version"}
+        assert type(layer).from_config(unversioned).frozen is True
