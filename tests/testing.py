@@ -145,7 +145,9 @@ def called_layers(model, x, cls):
     """The layers of class `cls` that `model(x)` calls (a test oracle).
 
     Each such layer's `call` is wrapped on the instance for one forward
-    pass; layers a model holds but never calls are not returned.
+    pass in inference mode (some graphs record `training=True` for a layer,
+    which would update its statistics in a call with `training` unset);
+    layers a model holds but never calls are not returned.
     """
     called, layers = set(), layers_of(model, cls)
 
@@ -159,7 +161,7 @@ def called_layers(model, x, cls):
     for layer in layers:
         object.__setattr__(layer, "call", recording(layer, layer.call))
     try:
-        model(x)
+        model(x, training=False)
     finally:
         for layer in layers:
             object.__delattr__(layer, "call")
