@@ -1,5 +1,3 @@
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -21,13 +19,3 @@ def _seed():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-
-
-def backend() -> str:
-    return keras.config.backend()
-
-
-requires_tensorflow = pytest.mark.skipif(
-    os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
-    reason="needs the TensorFlow backend",
-)

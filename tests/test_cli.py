@@ -138,7 +138,6 @@ def test_convert_output_checks(model_file, capsys):
 
 
 def test_convert_fold(model_file, tmp_path, capsys):
-    pytest.importorskip("frozenbn.fold")
     out = tmp_path / "folded.keras"
     assert main(["convert", str(model_file), str(out), "--fold"]) == 0
     original = keras.models.load_model(model_file)
@@ -170,7 +169,6 @@ def test_recalibrate_empty_folder(model_file, tmp_path, capsys):
 
 
 def test_audit(model_file, image_dir, tmp_path, capsys):
-    pytest.importorskip("frozenbn.audit")
     out = tmp_path / "audit"
     code = main(["audit", str(model_file), str(image_dir), "--out", str(out),
                  "--preprocess", "unit"])

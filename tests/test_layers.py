@@ -6,7 +6,6 @@ import pytest
 
 import frozenbn
 from tests import testing
-from tests.conftest import requires_tensorflow
 
 KERAS_BN_KEYS = set(keras.layers.BatchNormalization().get_config())
 
@@ -178,7 +177,7 @@ def test_frozen_statistics_survive_fit_and_gamma_beta_train():
     assert np.max(np.abs(before["beta"] - after["beta"])) > 1e-4
 
 
-@requires_tensorflow
+@testing.requires_tensorflow
 def test_frozen_gradients_reach_gamma_beta_and_inputs():
     import tensorflow as tf
 
@@ -197,7 +196,7 @@ def test_frozen_gradients_reach_gamma_beta_and_inputs():
     np.testing.assert_allclose(grads[1].numpy(), weights.numpy().sum(0), rtol=1e-5)
 
 
-@requires_tensorflow
+@testing.requires_tensorflow
 @pytest.mark.parametrize(
     "shape,axis,kwargs",
     [
@@ -287,7 +286,7 @@ def test_changing_frozen_takes_effect_after_recompile():
     assert not np.array_equal(moved, testing.to_numpy(bn.moving_mean))
 
 
-@requires_tensorflow
+@testing.requires_tensorflow
 def test_synchronized_matches_keras():
     stock, ours = _pair(synchronized=True, momentum=0.5)
     _build_same(stock, ours, (4, 3))

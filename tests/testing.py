@@ -4,6 +4,14 @@ import json
 
 import keras
 import numpy as np
+import pytest
+
+# The one backend gate of the suite: what Keras runs on, not what the
+# environment asked for.
+requires_tensorflow = pytest.mark.skipif(
+    keras.config.backend() != "tensorflow",
+    reason="needs the TensorFlow backend (tf.distribute, SavedModel, tf ops)",
+)
 
 
 def randomize_batch_norm(model, seed=0):
