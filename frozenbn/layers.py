@@ -8,6 +8,7 @@ from typing import Optional
 import keras
 
 from frozenbn import _checks
+from frozenbn import _native
 
 _PACKAGE = "frozenbn"
 
@@ -129,7 +130,8 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     >>> x = np.random.rand(4, 3).astype("float32")
     >>> train_out = bn(x, training=True)
     >>> infer_out = bn(x, training=False)
-    >>> bool(np.array_equal(train_out, infer_out))
+    >>> bool(np.array_equal(keras.ops.convert_to_numpy(train_out),
+    ...                      keras.ops.convert_to_numpy(infer_out)))
     True
 
     Reference:
@@ -185,7 +187,7 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
         """
         if not self._use_fused_gradient or self.renorm:
             return None
-        if keras.config.backend() != "tensorflow":
+        if keras.config.backend() not in _native.NATIVE_BACKENDS:
             return None
         if not (self.trainable and (self.scale or self.center)):
             return None
@@ -202,75 +204,18 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
         return None
 
     def _frozen_call_fused_gradient(self, inputs, layout):
-        import tensorflow as tf  # noqa: PLC0415 (TensorFlow backend only)
-
         # As in Keras BN: float16/bfloat16 inputs are computed in float32.
-        x = keras.ops.cast(inputs, "float32")
-        mean = keras.ops.cast(self.moving_mean, "float32")
-        variance = keras.ops.cast(self.moving_variance, "float32")
-        ones = keras.ops.ones_like(mean)
-        gamma = keras.ops.cast(self.gamma, "float32") if self.scale else ones
-        beta = keras.ops.cast(self.beta, "float32") if self.center else None
-        if beta is None:
-            beta = keras.ops.zeros_like(mean)
-        axis, epsilon = self.axis, self.epsilon
-        scale, center = self.scale, self.center
-
-        @tf.custom_gradient
-        def normalize(x, gamma, beta, mean, variance):
-            # Forward: Keras's own inference op, so outputs are bit-exact.
-            y = keras.ops.batch_normalization(
-                x,
-                mean,
-                variance,
-                axis=axis,
-                offset=beta if center else None,
-                scale=gamma if scale else None,
-                epsilon=epsilon,
-            )
-
-            def grad(dy):
-                dx, dgamma, dbeta = _fused_frozen_gradient(
-                    tf, dy, x, gamma, mean, variance, epsilon, layout
-                )
-                return dx, dgamma, dbeta, None, None
-
-            return y, grad
-
-        outputs = normalize(x, gamma, beta, mean, variance)
+        outputs = _native.frozen_batch_norm(
+            keras.ops.cast(inputs, "float32"),
+            keras.ops.cast(self.gamma, "float32") if self.scale else None,
+            keras.ops.cast(self.beta, "float32") if self.center else None,
+            keras.ops.cast(self.moving_mean, "float32"),
+            keras.ops.cast(self.moving_variance, "float32"),
+            axis=self.axis,
+            epsilon=self.epsilon,
+            layout=layout,
+        )
         return keras.ops.cast(outputs, self.compute_dtype)
-
-
-def _fused_frozen_gradient(tf, dy, x, gamma, mean, variance, epsilon, layout):
-    """Gradients of inference-mode BN for x, gamma and beta, in one kernel.
-
-    `dx = dy * gamma * rsqrt(variance + epsilon)`,
-    `dgamma = sum(dy * (x - mean) * rsqrt(variance + epsilon))` and
-    `dbeta = sum(dy)`, summed over every axis but the channel axis.
-    """
-    shape = tf.shape(x)
-    if layout == "first":
-        dy = tf.transpose(dy, (0, 2, 3, 1))
-        x = tf.transpose(x, (0, 2, 3, 1))
-    else:
-        channels = x.shape[-1]
-        dy = tf.reshape(dy, (-1, 1, 1, channels))
-        x = tf.reshape(x, (-1, 1, 1, channels))
-    dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV2(
-        y_backprop=dy,
-        x=x,
-        scale=gamma,
-        reserve_space_1=mean,
-        reserve_space_2=variance,
-        epsilon=epsilon,
-        data_format="NHWC",
-        is_training=False,
-    )
-    if layout == "first":
-        dx = tf.transpose(dx, (0, 3, 1, 2))
-    else:
-        dx = tf.reshape(dx, shape)
-    return dx, dgamma, dbeta
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
