@@ -93,7 +93,8 @@ def fuse(model: keras.Model) -> Tuple[keras.Model, FuseReport]:
     'FusedBatchNorm -> ReLU'
     >>> report.fused
     [('conv', 'bn')]
-    >>> [w.name for w in fused.trainable_weights]
+    >>> names = [w.name for w in fused.trainable_weights]
+    >>> names
     ['kernel', 'bias', 'gamma', 'beta']
     """
     _pairs.check_graph_model(model, "fuse")
@@ -133,8 +134,9 @@ def unfuse(model: keras.Model) -> keras.Model:
     ...     keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
     ...     keras.layers.BatchNormalization(name="bn")]))
     >>> fused, _ = frozenbn.fuse(model)
-    >>> [layer.name for layer in frozenbn.unfuse(fused).layers]
-    ['conv', 'bn']
+    >>> unfused = frozenbn.unfuse(fused)
+    >>> [layer.name for layer in unfused.layers] == ["conv", "bn"]
+    True
     """
     _pairs.check_graph_model(model, "unfuse")
     return _unfuse(model)
@@ -271,15 +273,7 @@ class FusedBatchNorm(keras.layers.Layer):
         bn = self.batch_norm
         if not bn.frozen or not self._scales_kernel(inputs):
             return bn(self.layer(inputs), training=training)
-        scale = ops.rsqrt(ops.cast(bn.moving_variance, "float32") + bn.epsilon)
-        if bn.scale:
-            scale = ops.cast(bn.gamma, "float32") * scale
-        shift = -ops.cast(bn.moving_mean, "float32")
-        if self.layer.use_bias:
-            shift = ops.cast(self.layer.bias, "float32") + shift
-        shift = shift * scale
-        if bn.center:
-            shift = shift + ops.cast(bn.beta, "float32")
+        scale, shift = _scale_and_shift(self.layer, bn)
         inputs = ops.cast(inputs, self.compute_dtype)
         outputs = _scaled_op(self.layer, inputs, scale, self.compute_dtype)
         if not _pairs.channel_axis_is_last(self.layer):
@@ -313,6 +307,28 @@ class FusedBatchNorm(keras.layers.Layer):
         return cls(**config)
 
 
+def _scale_and_shift(layer, bn):
+    """`s = gamma / sqrt(variance + epsilon)` and `(bias - mean) * s + beta`.
+
+    In float32 from the variables, so gradients reach bias, gamma and beta.
+    """
+
+    def read(variable):
+        return ops.cast(variable, "float32")
+
+    scale = ops.rsqrt(read(bn.moving_variance) + bn.epsilon)
+    if bn.scale:
+        scale = read(bn.gamma) * scale
+    mean = read(bn.moving_mean)
+    if layer.use_bias:
+        shift = (read(layer.bias) - mean) * scale
+    else:
+        shift = ops.negative(mean) * scale
+    if bn.center:
+        shift = shift + read(bn.beta)
+    return scale, shift
+
+
 def _scaled_op(layer, x, scale, dtype):
     """`layer`'s linear op on `x` with its kernel scaled per output channel."""
 
@@ -320,11 +336,13 @@ def _scaled_op(layer, x, scale, dtype):
         # Output channels on the last axis; a depthwise kernel's are its
         # last two, (in, multiplier), flattened in that order.
         kernel = ops.cast(kernel, "float32")
+        if not isinstance(layer, _pairs.DEPTHWISE):
+            return ops.cast(_native.scale_channels(kernel, scale), dtype)
         shape = tuple(kernel.shape)
-        if isinstance(layer, _pairs.DEPTHWISE):
-            kernel = ops.reshape(kernel, shape[:-2] + (-1,))
-        kernel = _native.scale_channels(kernel, scale)
-        return ops.cast(ops.reshape(kernel, shape), dtype)
+        flat = ops.reshape(kernel, shape[:-2] + (-1,))
+        return ops.cast(
+            ops.reshape(_native.scale_channels(flat, scale), shape), dtype
+        )
 
     if isinstance(layer, _pairs.SEPARABLE):
         return ops.separable_conv(

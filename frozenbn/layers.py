@@ -93,19 +93,18 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     Speed and exactness: the forward pass of a frozen layer is always
     Keras's own inference op, so its outputs are bit-exact in every mode.
     Training gamma and beta costs two extra reductions over the activations
-    in the backward pass. On the TensorFlow backend, a frozen layer whose
-    gamma or beta is trainable (no mask, no renorm, float32 compute,
-    channels last or 4D channels first) therefore takes its gradients from
-    TensorFlow's fused inference-mode kernel (`FusedBatchNormGradV2`),
-    which computes the gradients of the inputs, gamma and beta in one pass;
-    they equal autodiff of the Keras op up to float32 rounding (about 1e-7
-    relative). We measured and rejected the fused forward kernel: it is no
-    faster forward and differs from Keras by up to 8 ulps (2e-6 on outputs
-    of size 4). On a 2-core CPU this makes a ResNet50 64x64 batch-32
-    training step 3-16% faster than autodiff (median under load / fastest
-    samples), still a little slower than Keras `trainable=False`, which
-    computes no gamma/beta gradients at all (`benchmarks/speed.py`). JAX
-    (XLA fuses the reductions) and torch use the Keras op as is.
+    in the backward pass. On the TensorFlow and torch backends, a frozen
+    layer whose gamma or beta is trainable (no mask, no renorm, float32
+    compute, channels last or 4D channels first) therefore takes its
+    gradients from the backend's fused inference-mode kernel
+    (TensorFlow's `FusedBatchNormGradV2`, torch's
+    `native_batch_norm_backward`), which computes the gradients of the
+    inputs, gamma and beta in one pass; they equal autodiff of the Keras op
+    up to float32 rounding. On JAX, XLA fuses autodiff's reductions. The
+    fused forward kernel was measured and rejected: no faster, and not
+    bit-exact. Measured speed-ups are in docs/benchmarks.md; for the cost of
+    the BN-folded network while still training gamma/beta, see
+    `frozenbn.fuse`.
 
     Args:
         frozen: Python bool. If `True`, normalize with the moving statistics
@@ -179,9 +178,11 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     def _fused_gradient_layout(self, inputs):
         """`"last"`, `"first"` or None: whether and how to fuse the gradient.
 
-        The fused gradient kernel (`FusedBatchNormGradV2` in inference mode)
-        takes NHWC float32 data, so channels-last inputs of any rank are
-        viewed as `(-1, 1, 1, C)` and 4D channels-first inputs transposed.
+        The fused gradient kernels (TensorFlow's `FusedBatchNormGradV2` and
+        torch's `native_batch_norm_backward`, in inference mode) take float32
+        data with one channel axis, so channels-last inputs of any rank are
+        viewed as `(-1, C)` and 4D channels-first inputs taken as they are
+        (TensorFlow transposes them).
         It pays off only when gamma or beta is trained: otherwise autodiff
         computes the gradient of `inputs` alone, which is less work.
         """
