@@ -33,6 +33,14 @@ import sys
 
 import _common  # noqa: F401  (puts the checkout first on sys.path)
 
+NOTE = (
+    "Each arm in a fresh process: build, copy, compile, 2 warm-up steps, then "
+    "the peak resident memory (RSS) during the measured steps (the kernel's "
+    "high-water mark, reset before them), and on a GPU the backend's peak of "
+    "allocated device memory. Allocators keep what the warm-up steps freed, "
+    "so the CPU figures include the weights, optimizer state and runtime "
+    "(about the same in every arm) plus what a step holds at its peak."
+)
 _MARK = "SPEED_MEMORY "
 _STATUS = "/proc/self/status"
 
@@ -64,7 +72,7 @@ def measure(arms, args) -> dict:
             raise RuntimeError(f"memory run of arm {arm!r} failed:\n{tail}")
         results[arm] = json.loads(lines[-1])
         print(f"  memory {arm}: {results[arm]}", flush=True)
-    return {"arms": results, "note": __doc__.split("\n\n")[1].strip()}
+    return {"arms": results, "note": NOTE}
 
 
 def _status_mb(key: str):

@@ -266,7 +266,10 @@ class FusedBatchNorm(keras.layers.Layer):
         outputs = self.layer.compute_output_shape(tuple(inputs.shape))
         if any(size is None for size in outputs):
             return True
-        kernel = self.layer.weights[0] if self.layer.weights else None
+        if isinstance(self.layer, _pairs.SEPARABLE):
+            kernel = self.layer.pointwise_kernel  # the one that is scaled
+        else:
+            kernel = self.layer.kernel
         return math.prod(kernel.shape) <= math.prod(outputs)
 
     def call(self, inputs, training=None):
