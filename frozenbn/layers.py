@@ -10,6 +10,7 @@ from typing import Optional
 import keras
 
 from frozenbn import _checks
+from frozenbn import _native
 
 _PACKAGE = "frozenbn"
 
@@ -131,19 +132,18 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     Speed and exactness: the forward pass of a frozen layer is always
     Keras's own inference op, so its outputs are bit-exact in every mode.
     Training gamma and beta costs two extra reductions over the activations
-    in the backward pass. On the TensorFlow backend, a frozen layer whose
-    gamma or beta is trainable (no mask, no renorm, float32 compute,
-    channels last or 4D channels first) therefore takes its gradients from
-    TensorFlow's fused inference-mode kernel (`FusedBatchNormGradV2`),
-    which computes the gradients of the inputs, gamma and beta in one pass;
-    they equal autodiff of the Keras op up to float32 rounding (about 1e-7
-    relative). We measured and rejected the fused forward kernel: it is no
-    faster forward and differs from Keras by up to 8 ulps (2e-6 on outputs
-    of size 4). On a 2-core CPU this makes a ResNet50 64x64 batch-32
-    training step 3-16% faster than autodiff (median under load / fastest
-    samples), still a little slower than Keras `trainable=False`, which
-    computes no gamma/beta gradients at all (`benchmarks/speed.py`). JAX
-    (XLA fuses the reductions) and torch use the Keras op as is.
+    in the backward pass. On the TensorFlow and torch backends, a frozen
+    layer whose gamma or beta is trainable (no mask, no renorm, float32
+    compute, channels last or 4D channels first) therefore takes its
+    gradients from the backend's fused inference-mode kernel
+    (TensorFlow's `FusedBatchNormGradV2`, torch's
+    `native_batch_norm_backward`), which computes the gradients of the
+    inputs, gamma and beta in one pass; they equal autodiff of the Keras op
+    up to float32 rounding. On JAX, XLA fuses autodiff's reductions. The
+    fused forward kernel was measured and rejected: no faster, and not
+    bit-exact. Measured speed-ups are in docs/benchmarks.md; for the cost of
+    the BN-folded network while still training gamma/beta, see
+    `frozenbn.fuse`.
 
     Args:
         frozen: Python bool. If `True`, normalize with the moving statistics
@@ -168,7 +168,8 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     >>> x = np.random.rand(4, 3).astype("float32")
     >>> train_out = bn(x, training=True)
     >>> infer_out = bn(x, training=False)
-    >>> bool(np.array_equal(train_out, infer_out))
+    >>> bool(np.array_equal(keras.ops.convert_to_numpy(train_out),
+    ...                      keras.ops.convert_to_numpy(infer_out)))
     True
 
     Reference:
@@ -222,15 +223,17 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     def _fused_gradient_layout(self, inputs):
         """`"last"`, `"first"` or None: whether and how to fuse the gradient.
 
-        The fused gradient kernel (`FusedBatchNormGradV2` in inference mode)
-        takes NHWC float32 data, so channels-last inputs of any rank are
-        viewed as `(-1, 1, 1, C)` and 4D channels-first inputs transposed.
+        The fused gradient kernels (TensorFlow's `FusedBatchNormGradV2` and
+        torch's `native_batch_norm_backward`, in inference mode) take float32
+        data with one channel axis, so channels-last inputs of any rank are
+        viewed as `(-1, C)` and 4D channels-first inputs taken as they are
+        (TensorFlow transposes them).
         It pays off only when gamma or beta is trained: otherwise autodiff
         computes the gradient of `inputs` alone, which is less work.
         """
         if not self._use_fused_gradient or self.renorm:
             return None
-        if keras.config.backend() != "tensorflow":
+        if keras.config.backend() not in _native.NATIVE_BACKENDS:
             return None
         if not (self.trainable and (self.scale or self.center)):
             return None
@@ -247,75 +250,18 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
         return None
 
     def _frozen_call_fused_gradient(self, inputs, layout):
-        import tensorflow as tf  # noqa: PLC0415 (TensorFlow backend only)
-
         # As in Keras BN: float16/bfloat16 inputs are computed in float32.
-        x = keras.ops.cast(inputs, "float32")
-        mean = keras.ops.cast(self.moving_mean, "float32")
-        variance = keras.ops.cast(self.moving_variance, "float32")
-        ones = keras.ops.ones_like(mean)
-        gamma = keras.ops.cast(self.gamma, "float32") if self.scale else ones
-        beta = keras.ops.cast(self.beta, "float32") if self.center else None
-        if beta is None:
-            beta = keras.ops.zeros_like(mean)
-        axis, epsilon = self.axis, self.epsilon
-        scale, center = self.scale, self.center
-
-        @tf.custom_gradient
-        def normalize(x, gamma, beta, mean, variance):
-            # Forward: Keras's own inference op, so outputs are bit-exact.
-            y = keras.ops.batch_normalization(
-                x,
-                mean,
-                variance,
-                axis=axis,
-                offset=beta if center else None,
-                scale=gamma if scale else None,
-                epsilon=epsilon,
-            )
-
-            def grad(dy):
-                dx, dgamma, dbeta = _fused_frozen_gradient(
-                    tf, dy, x, gamma, mean, variance, epsilon, layout
-                )
-                return dx, dgamma, dbeta, None, None
-
-            return y, grad
-
-        outputs = normalize(x, gamma, beta, mean, variance)
+        outputs = _native.frozen_batch_norm(
+            keras.ops.cast(inputs, "float32"),
+            keras.ops.cast(self.gamma, "float32") if self.scale else None,
+            keras.ops.cast(self.beta, "float32") if self.center else None,
+            keras.ops.cast(self.moving_mean, "float32"),
+            keras.ops.cast(self.moving_variance, "float32"),
+            axis=self.axis,
+            epsilon=self.epsilon,
+            layout=layout,
+        )
         return keras.ops.cast(outputs, self.compute_dtype)
-
-
-def _fused_frozen_gradient(tf, dy, x, gamma, mean, variance, epsilon, layout):
-    """Gradients of inference-mode BN for x, gamma and beta, in one kernel.
-
-    `dx = dy * gamma * rsqrt(variance + epsilon)`,
-    `dgamma = sum(dy * (x - mean) * rsqrt(variance + epsilon))` and
-    `dbeta = sum(dy)`, summed over every axis but the channel axis.
-    """
-    shape = tf.shape(x)
-    if layout == "first":
-        dy = tf.transpose(dy, (0, 2, 3, 1))
-        x = tf.transpose(x, (0, 2, 3, 1))
-    else:
-        channels = x.shape[-1]
-        dy = tf.reshape(dy, (-1, 1, 1, channels))
-        x = tf.reshape(x, (-1, 1, 1, channels))
-    dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV2(
-        y_backprop=dy,
-        x=x,
-        scale=gamma,
-        reserve_space_1=mean,
-        reserve_space_2=variance,
-        epsilon=epsilon,
-        data_format="NHWC",
-        is_training=False,
-    )
-    if layout == "first":
-        dx = tf.transpose(dx, (0, 3, 1, 2))
-    else:
-        dx = tf.reshape(dx, shape)
-    return dx, dgamma, dbeta
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -174,3 +174,42 @@ def called_layers(model, x, cls):
         for layer in layers:
             object.__delattr__(layer, "call")
     return [layer for layer in layers if id(layer) in called]
+
+def outputs_and_gradients(layer, x, upstream, training=True):
+    """`layer(x)` and the gradients of `sum(layer(x) * upstream)`.
+
+    Returns `(outputs, gradients)` as NumPy arrays, the gradients with
+    respect to `x` and then each of `layer.trainable_weights`, computed by
+    the backend's own autodiff (TensorFlow tape, torch autograd, jax.grad).
+    """
+    backend = keras.config.backend()
+    weights = layer.trainable_weights
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(y * upstream)
+        grads = tape.gradient(loss, [x] + [w.value for w in weights])
+        return y.numpy(), [g.numpy() for g in grads]
+    if backend == "torch":
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        y = layer(x, training=training)
+        loss = (y * torch.as_tensor(upstream)).sum()
+        grads = torch.autograd.grad(loss, [x] + [w.value for w in weights])
+        return to_numpy(y.detach()), [to_numpy(g) for g in grads]
+    import jax
+
+    frozen = [w.value for w in layer.non_trainable_weights]
+
+    def loss(x, trainable):
+        y, _ = layer.stateless_call(trainable, frozen, x, training=training)
+        return (y * upstream).sum(), y
+
+    gradient = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    (_, y), grads = gradient(x, [w.value for w in weights])
+    return to_numpy(y), [to_numpy(grads[0])] + [to_numpy(g) for g in grads[1]]

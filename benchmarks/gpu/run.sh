@@ -12,7 +12,8 @@
 #
 # It installs the wheels with --no-index into a private target folder, then
 # runs benchmarks/gap.py (full size) and benchmarks/speed.py (224x224,
-# batch 64) under KERAS_BACKEND=jax, then torch; the torch run adds the
+# batch 64; its modules benchmarks/speed_*.py come along) under
+# KERAS_BACKEND=jax, then torch; the torch run adds the
 # torchvision FrozenBatchNorm2d peer. Results go to OUT_DIR (default
 # benchmarks/results), logs beside them.
 set -uo pipefail
@@ -93,7 +94,10 @@ if [[ "${TINY:-0}" == 1 ]]; then
     SPEED_ARGS="${SPEED_ARGS:---tiny}"
 else
     GAP_SIZE=--full
-    SPEED_ARGS="${SPEED_ARGS:---image-size 224 --batch-size 64 --steps 10 --repeats 7 --warmup 2}"
+    # Five training arms (the fused step and the folded floor included) and
+    # the step memory of the unfused and fused frozen models, one fresh
+    # process each (speed_memory.py; device peak from the backend).
+    SPEED_ARGS="${SPEED_ARGS:---image-size 224 --batch-size 64 --steps 10 --repeats 7 --warmup 2 --arms stock,keras_trainable_false,frozenbn,fused,folded --memory-arms frozenbn,fused}"
 fi
 BACKENDS="${BACKENDS:-jax torch}"
 BENCHES="${BENCHES:-gap speed}"
