@@ -18,6 +18,7 @@ from typing import Tuple
 import keras
 
 from frozenbn import _walk
+from frozenbn.layers import BatchNormalization
 from frozenbn.layers import keras_classes
 
 
@@ -148,6 +149,13 @@ def _copy_values(model, pairs: dict, seeded: dict) -> None:
         # Set the private flag so that a container's setter does not
         # overwrite what its sublayers say.
         dst_layer._trainable = src_layer._trainable
+        if type(src_layer) is BatchNormalization and type(dst_layer) is not (
+            BatchNormalization
+        ):
+            # Rebuilt from a custom layer's config as Keras BN: the copy
+            # keeps what the source was converted to.
+            dst_layer.__class__ = BatchNormalization
+            dst_layer.frozen = src_layer.frozen
 
 
 def _clone(model: keras.Model):
@@ -253,7 +261,7 @@ def _structure_mismatch(model, pairs: Optional[dict]) -> str:
             if _own_weights(layer) or _walk.is_batch_norm(layer):
                 return f"layer '{path}' has no counterpart in the copy"
             continue
-        if type(other) is not type(layer):
+        if not _walk.same_kind(other, layer):
             return (
                 f"layer '{path}' is a {type(layer).__name__} but its copy "
                 f"is a {type(other).__name__}"

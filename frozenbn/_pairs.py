@@ -190,6 +190,43 @@ def copy_built(layer: keras.layers.Layer) -> keras.layers.Layer:
     return new
 
 
+def private_copy(model, error: Exception, tool: str):
+    """An exact copy of `model` to rewrite, and `{copy's name: model's}`.
+
+    For models with a layer that its config does not rebuild (`error`):
+    the copy is made from the model's own config (`frozenbn._clone`), so
+    the rewrite can reuse such layers from it and still be independent of
+    `model`.
+    """
+    try:
+        private, pairs = _clone.copy_model(model)
+    except RuntimeError as copy_error:
+        raise RuntimeError(
+            f"`frozenbn.{tool}` cannot copy model '{model.name}': {error}, "
+            "and the model's own config does not copy it either "
+            f"({copy_error}). Make the layer's `get_config` round-trip "
+            "through `from_config`."
+        ) from copy_error
+    names = {
+        pairs[id(layer)].name: layer.name
+        for layer in _walk.iter_layers(model)
+        if id(layer) in pairs
+    }
+    return private, names
+
+
+def warn_reused(tool: str, reused: List[str], names: Dict[str, str]) -> None:
+    """Says which layers a rewrite reused because it could not copy them."""
+    if reused:
+        logger.warning(
+            "%s: reused layer(s) %s as they are (their configs do not "
+            "rebuild them); the result works, but a .keras file of it will "
+            "not load until their `get_config` is fixed.",
+            tool,
+            ", ".join(names.get(name, name) for name in reused),
+        )
+
+
 def _owners_in_graph(model) -> dict:
     """`{id(layer): graph node that contains it}` for layers inside nodes.
 
@@ -255,19 +292,12 @@ class Rewriter:
             # does not round-trip). Rewrite a private exact copy of the
             # model instead, reusing such layers from it: the result stays
             # independent of `model`.
-            private, names = self._private_copy(model, error)
+            private, names = private_copy(model, error, self.tool)
             self.paired, self.left, self.handled = [], [], set()
             self.reuse_uncopyable = True
             copy = self._rewrite(private)
             model = private
-        if self.reused:
-            logger.warning(
-                "%s: reused layer(s) %s as they are (their configs do not "
-                "rebuild them); the result works, but a .keras file of it "
-                "will not load until their `get_config` is fixed.",
-                self.tool,
-                ", ".join(names.get(name, name) for name in self.reused),
-            )
+        warn_reused(self.tool, self.reused, names)
         merged = {
             id(layer.batch_norm): layer.name
             for layer in _walk.iter_layers(model)
@@ -299,24 +329,6 @@ class Rewriter:
             self.paired = [(names.get(a, a), names.get(b, b)) for a, b in self.paired]
             self.left = [(names.get(bn, bn), why) for bn, why in self.left]
         return copy
-
-    def _private_copy(self, model, error: Exception):
-        """An exact copy of `model`, and `{copy's layer name: model's}`."""
-        try:
-            private, pairs = _clone.copy_model(model)
-        except RuntimeError as copy_error:
-            raise RuntimeError(
-                f"`frozenbn.{self.tool}` cannot copy model '{model.name}': "
-                f"{error}, and the model's own config does not copy it "
-                f"either ({copy_error}). Make the layer's `get_config` "
-                "round-trip through `from_config`."
-            ) from copy_error
-        names = {
-            pairs[id(layer)].name: layer.name
-            for layer in _walk.iter_layers(model)
-            if id(layer) in pairs
-        }
-        return private, names
 
     def _rewrite(self, model: keras.Model) -> keras.Model:
         if isinstance(model, keras.Sequential):

@@ -18,7 +18,8 @@ from typing import Optional
 import keras
 from keras.src.models.functional import Functional
 
-from frozenbn.layers import KERAS_BATCH_NORMALIZATION  # noqa: F401
+from frozenbn.layers import KERAS_BATCH_NORMALIZATION
+from frozenbn.layers import BatchNormalization as _FrozenBatchNormalization
 
 LayerPredicate = Optional[Callable[[keras.layers.Layer], bool]]
 
@@ -144,6 +145,25 @@ def match(
     return pairs
 
 
+def same_kind(a, b) -> bool:
+    """Whether `a` and `b` may stand for each other in a copy.
+
+    Same class, or one Keras and one frozenbn BatchNormalization: layers
+    that a custom layer builds in its code come back as Keras's class when
+    the layer is rebuilt from its config, whatever they were converted to.
+    """
+    if type(a) is type(b):
+        return True
+    plain = (KERAS_BATCH_NORMALIZATION, _FrozenBatchNormalization)
+    return type(a) in plain and type(b) in plain
+
+
+def _kind(layer):
+    if type(layer) is _FrozenBatchNormalization:
+        return KERAS_BATCH_NORMALIZATION
+    return type(layer)
+
+
 def _pair_children(sources: list, copies: list) -> list:
     def unique_names(layers):
         counts = {}
@@ -159,7 +179,7 @@ def _pair_children(sources: list, copies: list) -> list:
         if (
             source_names.get(layer.name) is layer
             and other is not None
-            and type(other) is type(layer)
+            and same_kind(other, layer)
         ):
             pairs.append((layer, other))
             taken.add(id(layer))
@@ -167,11 +187,11 @@ def _pair_children(sources: list, copies: list) -> list:
     remaining = {}
     for other in copies:
         if id(other) not in taken:
-            remaining.setdefault(type(other), deque()).append(other)
+            remaining.setdefault(_kind(other), deque()).append(other)
     for layer in sources:
         if id(layer) in taken:
             continue
-        candidates = remaining.get(type(layer))
+        candidates = remaining.get(_kind(layer))
         if candidates:
             pairs.append((layer, candidates.popleft()))
     return pairs

@@ -10,6 +10,7 @@ from typing import Tuple
 import keras
 from keras import ops
 
+from frozenbn import _clone
 from frozenbn import _native
 from frozenbn import _pairs
 from frozenbn import _walk
@@ -140,21 +141,36 @@ def unfuse(model: keras.Model) -> keras.Model:
     True
     """
     _pairs.check_graph_model(model, "unfuse")
-    return _unfuse(model)
+    try:
+        return _unfuse(model, reused=None)
+    except _clone.UncopyableLayer as error:
+        # See `_pairs.private_copy`: reuse the layers that a config does
+        # not rebuild, from a private copy of the model.
+        private, names = _pairs.private_copy(model, error, "unfuse")
+        reused = []
+        copy = _unfuse(private, reused)
+        _pairs.warn_reused("unfuse", reused, names)
+        return copy
 
 
-def _unfuse(model: keras.Model) -> keras.Model:
+def _unfuse(model: keras.Model, reused) -> keras.Model:
     jobs = []
 
     def clone(operation):
         if _walk.is_graph_model(operation):
-            return _unfuse(operation)
+            return _unfuse(operation, reused)
         if isinstance(operation, FusedBatchNorm):
             return _pairs.Chain(
                 _pairs.copy_built(operation.layer),
                 _pairs.copy_built(operation.batch_norm),
             )
-        return _pairs.copy_layer(operation, jobs)
+        try:
+            return _pairs.copy_layer(operation, jobs)
+        except _clone.UncopyableLayer:
+            if reused is None:
+                raise
+            reused.append(operation.name)
+            return operation
 
     copy = _pairs.copy_graph(model, clone)
     _pairs.finish_copies(jobs)

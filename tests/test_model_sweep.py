@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import frozenbn
+from frozenbn.fuse import FusedBatchNorm
 from tests import model_zoo
 from tests import testing
 
@@ -140,6 +141,30 @@ def test_fold_matches_and_reports_every_layer(case):
     assert len(report.folded) + kept >= len(called)
     testing.assert_outputs_close(
         case.reference, testing.outputs(folded, case.x), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_fuse_matches_and_unfuse_restores(case):
+    fused, report = frozenbn.fuse(case.converted)
+    layers = testing.layers_of(case.converted, KERAS_BN)
+    decided = [bn for _, bn in report.fused] + [bn for bn, _ in report.left]
+    assert sorted(decided) == sorted(layer.name for layer in layers)
+    assert all(reason for _, reason in report.left)
+    testing.assert_outputs_close(
+        case.reference, testing.outputs(fused, case.x), atol=1e-5, rtol=1e-5
+    )
+    try:
+        unfused = frozenbn.unfuse(fused)
+    except RuntimeError as error:
+        # A fused model that reuses a layer its config does not rebuild
+        # (fuse said so) cannot be copied again: a refusal that names it.
+        message = str(error)
+        assert "cannot be rebuilt from its config" in message
+        assert any(f"'{l.name}'" in message for l in fused._flatten_layers())
+        return
+    assert testing.count_layers(unfused, FusedBatchNorm) == 0
+    testing.assert_outputs_close(
+        case.reference, testing.outputs(unfused, case.x), atol=1e-5, rtol=1e-5
     )
 
 
