@@ -196,16 +196,32 @@ class _OpenBatchFunction:
 def fused_normalization(x, axis, gamma, beta, epsilon):
     """Batch moments and batch-normalized `x` in one kernel, where it helps.
 
-    On torch, `torch.nn.functional.batch_norm` in training mode computes
-    the per-channel mean and variance and normalizes in one fused pass
-    (fvcore's precise BN reads the statistics the same way, with
-    `momentum=1`), where the `keras.ops` form takes several passes over the
-    activations. Returns `(outputs, mean, biased_variance, count)`, or None
-    where the generic path is needed (other backends, fewer than two
-    positions per channel).
+    The `keras.ops` form (`frozenbn._math.batch_moments`, then
+    `ops.batch_normalization`) reads the activations several times; the
+    backends' own training-mode batch-norm kernels compute the per-channel
+    mean and variance and normalize in one fused pass:
+
+    - torch: `torch.nn.functional.batch_norm(training=True, momentum=1)`,
+      whose running buffers then hold the batch's statistics (as fvcore's
+      precise BN reads them);
+    - TensorFlow: `FusedBatchNormV3` in training mode, on channels-last
+      float32 inputs viewed as `(-1, 1, 1, C)` (as `frozenbn.layers` does
+      for its fused gradient).
+
+    Both return the Bessel-corrected variance, turned back into the biased
+    one here. Returns `(outputs, mean, biased_variance, count)`, or None
+    where the generic path is needed (JAX, where XLA fuses the generic
+    form itself; other layouts and dtypes; fewer than two positions).
     """
-    if keras.config.backend() != "torch":
-        return None
+    backend = keras.config.backend()
+    if backend == "torch":
+        return _torch_fused_normalization(x, axis, gamma, beta, epsilon)
+    if backend == "tensorflow":
+        return _tf_fused_normalization(x, axis, gamma, beta, epsilon)
+    return None
+
+
+def _torch_fused_normalization(x, axis, gamma, beta, epsilon):
     import torch  # noqa: PLC0415 (torch backend only)
 
     moved = torch.movedim(x, axis, 1)
@@ -219,10 +235,36 @@ def fused_normalization(x, axis, gamma, beta, epsilon):
         moved, mean, var, weight=gamma, bias=beta, training=True,
         momentum=1.0, eps=epsilon,
     )
-    # With momentum 1 the buffers hold this batch's mean and its unbiased
-    # (Bessel-corrected) variance.
     var = var * ((count - 1) / count)
     return torch.movedim(outputs, 1, axis), mean, var, count
+
+
+def _tf_fused_normalization(x, axis, gamma, beta, epsilon):
+    import tensorflow as tf  # noqa: PLC0415 (TensorFlow backend only)
+
+    rank = len(x.shape)
+    channels = x.shape[-1]
+    if (
+        x.dtype != tf.float32
+        or axis % rank != rank - 1
+        or channels is None
+        or epsilon < 1.001e-5  # the kernel's documented minimum
+    ):
+        return None
+    flat = tf.reshape(x, (-1, 1, 1, channels))
+    count = tf.cast(tf.shape(flat)[0], tf.float32)
+    outputs, mean, var = tf.raw_ops.FusedBatchNormV3(
+        x=flat,
+        scale=tf.ones(channels) if gamma is None else gamma,
+        offset=tf.zeros(channels) if beta is None else beta,
+        mean=tf.zeros(0),
+        variance=tf.zeros(0),
+        epsilon=epsilon,
+        is_training=True,
+        exponential_avg_factor=1.0,
+    )[:3]
+    var = tf.where(count > 1, var * ((count - 1) / tf.maximum(count, 1)), 0.0)
+    return tf.reshape(outputs, tf.shape(x)), mean, var, count
 
 
 def _variable_values(model):

@@ -265,9 +265,9 @@ def test_single_batch_recalibration_makes_inference_equal_training():
     # statistics, so inference after recalibration must reproduce the
     # training-mode forward pass of every BN layer of a real backbone.
     rng = np.random.default_rng(7)
-    x = rng.uniform(0, 1, (8, 32, 32, 3)).astype("float32")
+    x = rng.uniform(0, 1, (8, 64, 64, 3)).astype("float32")
     model = keras.applications.MobileNetV2(
-        weights=None, include_top=False, input_shape=(32, 32, 3)
+        weights=None, include_top=False, input_shape=(64, 64, 3)
     )
     reference = keras.models.clone_model(model)
     reference.set_weights(model.get_weights())
@@ -278,10 +278,10 @@ def test_single_batch_recalibration_makes_inference_equal_training():
     assert n == len(frozenbn._walk.batch_norm_layers(model)) == 52
     got = _np(model(x, training=False))
     scale = np.abs(expected).max()
-    # Float32 rounding, amplified by 8-position channels deep in the net:
-    # on JAX, Keras's own training forward pass differs by 0.6e-4 * scale
-    # between jax.jit and eager; wrong statistics would differ by ~scale.
-    np.testing.assert_allclose(got, expected, atol=3e-4 * scale)
+    # Float32 rounding (compiled vs eager, fused kernels vs keras.ops),
+    # amplified by the 32-position channels deep in the net: up to 7e-5 *
+    # scale measured; wrong statistics would differ by ~scale.
+    np.testing.assert_allclose(got, expected, atol=2e-4 * scale)
 
 
 def test_include_selects_layers_and_others_keep_statistics():
