@@ -10,6 +10,7 @@ from typing import Tuple
 import keras
 from keras import ops
 
+from frozenbn import _graph
 from frozenbn import _native
 from frozenbn import _pairs
 from frozenbn.layers import BatchNormalization as _FrozenBN
@@ -97,7 +98,7 @@ def fuse(model: keras.Model) -> Tuple[keras.Model, FuseReport]:
     >>> names
     ['kernel', 'bias', 'gamma', 'beta']
     """
-    _pairs.check_graph_model(model, "fuse")
+    _graph.check_graph_model(model, "fuse")
     rewriter = _pairs.Rewriter("fuse", check=_why_not_fusable, replace=_fused)
     copy = rewriter.rewrite(model)
     report = FuseReport(fused=rewriter.paired, left=rewriter.left)
@@ -138,7 +139,7 @@ def unfuse(model: keras.Model) -> keras.Model:
     >>> [layer.name for layer in unfused.layers] == ["conv", "bn"]
     True
     """
-    _pairs.check_graph_model(model, "unfuse")
+    _graph.check_graph_model(model, "unfuse")
     return _unfuse(model)
 
 
@@ -146,17 +147,17 @@ def _unfuse(model: keras.Model) -> keras.Model:
     jobs = []
 
     def clone(operation):
-        if _pairs.is_graph_model(operation):
+        if _graph.is_graph_model(operation):
             return _unfuse(operation)
         if isinstance(operation, FusedBatchNorm):
-            return _pairs.Chain(
-                _pairs.copy_built(operation.layer),
-                _pairs.copy_built(operation.batch_norm),
+            return _graph.Chain(
+                _graph.copy_built(operation.layer),
+                _graph.copy_built(operation.batch_norm),
             )
-        return _pairs.copy_layer(operation, jobs)
+        return _graph.copy_layer(operation, jobs)
 
-    copy = _pairs.copy_graph(model, clone)
-    _pairs.finish_copies(jobs)
+    copy = _graph.copy_graph(model, clone)
+    _graph.finish_copies(jobs)
     return copy
 
 
@@ -182,8 +183,8 @@ def _why_not_fusable(layer, bn):
 
 def _fused(layer, bn) -> "FusedBatchNorm":
     return FusedBatchNorm(
-        _pairs.copy_built(layer),
-        _pairs.copy_built(bn),
+        _graph.copy_built(layer),
+        _graph.copy_built(bn),
         name=f"{layer.name}_fused",
         dtype=layer.dtype_policy,
     )
