@@ -9,7 +9,6 @@ from typing import Tuple
 import keras
 import numpy as np
 
-from frozenbn import _graph
 from frozenbn import _math
 from frozenbn import _pairs
 
@@ -94,7 +93,7 @@ def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
     >>> report.folded
     [('conv', 'bn')]
     """
-    _graph.check_graph_model(model, "fold")
+    _pairs.check_graph_model(model, "fold")
     # Keras's and frozenbn's BN fold alike (inference uses the moving
     # statistics whatever `frozen` says): no check beyond the pair's.
     rewriter = _pairs.Rewriter(

@@ -10,7 +10,6 @@ from typing import Tuple
 import keras
 from keras import ops
 
-from frozenbn import _graph
 from frozenbn import _native
 from frozenbn import _pairs
 from frozenbn.layers import BatchNormalization as _FrozenBN
@@ -98,7 +97,7 @@ def fuse(model: keras.Model) -> Tuple[keras.Model, FuseReport]:
     >>> names
     ['kernel', 'bias', 'gamma', 'beta']
     """
-    _graph.check_graph_model(model, "fuse")
+    _pairs.check_graph_model(model, "fuse")
     rewriter = _pairs.Rewriter("fuse", check=_why_not_fusable, replace=_fused)
     copy = rewriter.rewrite(model)
     report = FuseReport(fused=rewriter.paired, left=rewriter.left)
@@ -139,7 +138,7 @@ def unfuse(model: keras.Model) -> keras.Model:
     >>> [layer.name for layer in unfused.layers] == ["conv", "bn"]
     True
     """
-    _graph.check_graph_model(model, "unfuse")
+    _pairs.check_graph_model(model, "unfuse")
     return _unfuse(model)
 
 
@@ -147,17 +146,17 @@ def _unfuse(model: keras.Model) -> keras.Model:
     jobs = []
 
     def clone(operation):
-        if _graph.is_graph_model(operation):
+        if _pairs.is_graph_model(operation):
             return _unfuse(operation)
         if isinstance(operation, FusedBatchNorm):
-            return _graph.Chain(
-                _graph.copy_built(operation.layer),
-                _graph.copy_built(operation.batch_norm),
+            return _pairs.Chain(
+                _pairs.copy_built(operation.layer),
+                _pairs.copy_built(operation.batch_norm),
             )
-        return _graph.copy_layer(operation, jobs)
+        return _pairs.copy_layer(operation, jobs)
 
-    copy = _graph.copy_graph(model, clone)
-    _graph.finish_copies(jobs)
+    copy = _pairs.copy_graph(model, clone)
+    _pairs.finish_copies(jobs)
     return copy
 
 
@@ -183,8 +182,8 @@ def _why_not_fusable(layer, bn):
 
 def _fused(layer, bn) -> "FusedBatchNorm":
     return FusedBatchNorm(
-        _graph.copy_built(layer),
-        _graph.copy_built(bn),
+        _pairs.copy_built(layer),
+        _pairs.copy_built(bn),
         name=f"{layer.name}_fused",
         dtype=layer.dtype_policy,
     )
