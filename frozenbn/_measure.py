@@ -40,6 +40,7 @@ class Program:
         self.order = []  # layer indices, in the order of their first call
         self._index = {id(layer): i for i, layer in enumerate(layers)}
         self._mode = mode
+        self.mode = mode
         self._batch_in_fit = batch_in_fit
         self._outputs = outputs
         # Per thread: MirroredStrategy runs each replica in its own thread.
@@ -76,7 +77,14 @@ class Program:
         local.state = state
         local.calls = []
         try:
-            fit_outputs = run_model(x)
+            # As in `fit`: the model is called with `training=True`, so that
+            # layers which pass their own `training` default on (keras-hub
+            # blocks default to False) hand BN what `fit` hands it. In BATCH
+            # mode every measured layer uses batch statistics anyway.
+            if self._mode == AS_IN_FIT:
+                fit_outputs = run_model(x, training=True)
+            else:
+                fit_outputs = run_model(x)
             calls, local.calls = local.calls, None
             inference_outputs = None
             if self._outputs:

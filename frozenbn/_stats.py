@@ -62,7 +62,9 @@ def uses_batch_statistics_in_fit(model: keras.layers.Layer) -> Dict[int, bool]:
 
     False for `frozen=True` frozenbn layers, `trainable=False` layers (the
     Keras rule) and layers inside an active `frozenbn.Frozen` wrapper. A
-    `training=False` recorded in a Functional graph is seen at call time.
+    `training=False` recorded in a Functional graph does not count: Keras 3
+    hands `fit`'s `training=True` to every layer of the graph that takes a
+    `training` argument, recorded value or not.
     """
     forced = set()
     for layer in _walk.iter_layers(model):
@@ -169,6 +171,7 @@ class StatisticsPass:
         outputs: bool = False,
         distribute: bool = True,
     ):
+        self._model = model
         self._program = _program(
             model, list(layers), mode, batch_in_fit or {}, outputs, distribute
         )
@@ -187,6 +190,22 @@ class StatisticsPass:
                         layer, original or type(layer).call.__get__(layer)
                     ),
                 )
+            if self._program.mode == AS_IN_FIT:
+                # The model runs with `training=True`: keep every other
+                # layer that `training` changes (Keras's dropout and noise
+                # layers, BN layers not measured) in inference mode.
+                measured = {id(layer) for layer in self._program.layers}
+                for layer in _walk.iter_layers(self._model):
+                    if id(layer) in measured or not isinstance(
+                        layer, _INFERENCE_DURING_PASS
+                    ):
+                        continue
+                    original = layer.__dict__.get("call")
+                    self._saved.append((layer, original))
+                    _set_call(
+                        layer,
+                        _in_inference(original or type(layer).call.__get__(layer)),
+                    )
         except BaseException:
             self._restore()
             raise
@@ -266,6 +285,25 @@ def _program(model, layers, mode, batch_in_fit, outputs, distribute):
             model, layers, mode, batch_in_fit, outputs, distribute
         )
     return program
+
+
+# Layers that `training=True` changes besides BatchNormalization; during an
+# `AS_IN_FIT` pass they run in inference mode. (Custom stochastic layers,
+# such as keras-hub's DropPath, run as in training.)
+_INFERENCE_DURING_PASS = (
+    _walk.KERAS_BATCH_NORMALIZATION,
+    keras.layers.Dropout,  # and SpatialDropout1D/2D/3D
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.AlphaDropout,
+)
+
+
+def _in_inference(call):
+    def inference_call(*args, training=None, **kwargs):
+        return call(*args, training=False, **kwargs)
+
+    return inference_call
 
 
 def _set_call(layer, fn) -> None:

@@ -207,11 +207,14 @@ def audit(
     - the model's outputs, and its loss if labels and a loss are available,
       with BN as in `fit` and in inference mode, and their ratio.
 
-    "As in `fit`" means: BN layers that `fit` runs with batch statistics use
-    the current batch's statistics, frozen ones (`frozen=True`,
-    `trainable=False`, `frozenbn.Frozen`, `training=False` in the graph) use
-    their moving statistics, and every other layer is in inference mode —
-    Dropout is off, so the difference is due to BN alone. The model is not
+    "As in `fit`" means: the model is called with `training=True`, as `fit`
+    calls it, so every BN layer gets what `fit` gives it; those that `fit`
+    runs with batch statistics use the current batch's, frozen ones
+    (`frozen=True`, `trainable=False`, inside `frozenbn.Frozen`) their moving
+    statistics. (A `training=False` recorded in a Functional graph, as in
+    `base_model(x, training=False)`, does not hold in Keras 3's `fit`, and
+    audit shows it.) Keras's dropout and noise layers run in inference mode,
+    so the difference is due to BN alone. The model is not
     changed (no statistic is written; BN `call`s are swapped on the instance
     during the pass and restored in a `finally` block).
 

@@ -272,9 +272,13 @@ class Frozen(keras.layers.Wrapper):
     outer `training` is: BatchNormalization layers normalize with their
     moving statistics and do not update them, Dropout is off. The wrapped
     weights keep their own `trainable` setting, so gamma/beta and kernels are
-    still fine-tuned by `fit()`. This is the Keras transfer-learning guide's
-    `base_model(x, training=False)` as a reusable, serializable layer that
-    also works in `Sequential` models.
+    still fine-tuned by `fit()`. This is what the Keras transfer-learning
+    guide's `base_model(x, training=False)` means, as a reusable,
+    serializable layer that also works in `Sequential` models, and one that
+    holds in `fit`: Keras 3 replaces a `training=False` recorded in a
+    Functional graph with `fit`'s `training=True` (measured with Keras
+    3.15), while the wrapper passes `training=False` from inside its own
+    call.
 
     With `frozen=False` the outer `training` value is passed through
     unchanged; `None` stays `None` (it is never forced to `True`, so

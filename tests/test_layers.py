@@ -425,3 +425,41 @@ def test_frozen_wrapper_serialization():
     revived = testing.run_serialization_test(wrapper)
     assert revived.frozen is False
     assert isinstance(revived.layer, keras.layers.Dense)
+
+
+def test_training_false_in_a_graph_does_not_hold_in_fit():
+    """The Keras guide's `base(x, training=False)` vs `frozenbn.Frozen(base)`.
+
+    Keras 3 hands `fit`'s `training=True` to every layer of a Functional
+    graph, whatever `training` the graph recorded: after the guide's
+    `base.trainable = True` step, fit updates the base's BN statistics.
+    """
+
+    def guide_model(wrap):
+        base = keras.Sequential(
+            [keras.Input((4, 4, 3)), keras.layers.Conv2D(4, 3),
+             keras.layers.BatchNormalization(name="bn")],
+            name="base",
+        )
+        inputs = keras.Input((4, 4, 3))
+        features = wrap(base, inputs)
+        outputs = keras.layers.Dense(1)(keras.layers.Flatten()(features))
+        model = keras.Model(inputs, outputs)
+        base.trainable = False  # phase 1 of the guide...
+        base.trainable = True  # ...then fine-tune the whole model
+        model.compile(keras.optimizers.Adam(1e-5), "mse")
+        return model, base.get_layer("bn")
+
+    x = np.random.default_rng(0).normal(3.0, 2.0, (32, 4, 4, 3)).astype("float32")
+    y = np.zeros((32, 1), "float32")
+    moved = {}
+    for name, wrap in {
+        "guide": lambda base, inputs: base(inputs, training=False),
+        "frozen": lambda base, inputs: frozenbn.Frozen(base)(inputs),
+    }.items():
+        model, bn = guide_model(wrap)
+        before = testing.to_numpy(bn.moving_mean).copy()
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        moved[name] = float(np.abs(testing.to_numpy(bn.moving_mean) - before).max())
+    assert moved["guide"] > 1e-3
+    assert moved["frozen"] == 0.0
