@@ -30,7 +30,6 @@ import logging
 
 import keras
 import numpy as np
-from keras import ops
 
 from frozenbn import _distribute
 

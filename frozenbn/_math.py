@@ -31,8 +31,9 @@ def fold_scale_bias(
 
     `scale = gamma / sqrt(var + eps)` and `bias = beta - mean * scale`, the
     algebra of torch's `fuse_conv_bn_weights` and TFMOT. The arithmetic is
-    done in float64 and the result rounded once to float32, so the folded
-    weights carry one rounding error rather than several.
+    done in float64 and returned in float64: the caller multiplies it into
+    the kernel and bias in float64 too and rounds once, when it writes the
+    folded weights in the layer's dtype (`frozenbn.fold`).
 
     Args:
         gamma: Per-channel scale, or `None` for a layer with `scale=False`
@@ -45,7 +46,7 @@ def fold_scale_bias(
         eps: The layer's `epsilon`.
 
     Returns:
-        A tuple of two float32 NumPy arrays of shape `mean.shape`.
+        A tuple of two float64 NumPy arrays of shape `mean.shape`.
 
     Example:
 
@@ -62,7 +63,7 @@ def fold_scale_bias(
     beta = np.zeros_like(mean) if beta is None else np.asarray(beta, np.float64)
     scale = gamma / np.sqrt(var + float(eps))
     bias = beta - mean * scale
-    return scale.astype(np.float32), bias.astype(np.float32)
+    return scale, bias
 
 
 def batch_moments(x, axis: int, mask=None):

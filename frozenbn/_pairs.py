@@ -26,7 +26,6 @@ import keras
 from frozenbn import _checks
 from frozenbn import _clone
 from frozenbn import _walk
-from frozenbn.layers import BatchNormalization as FrozenBatchNormalization
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,6 @@ DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 # Separable convolutions end in a pointwise (1, ..., in*mult, out) kernel.
 SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 LINEAR_TYPES = OUT_LAST + TRANSPOSE + DEPTHWISE + SEPARABLE
-BN_TYPES = (_walk.KERAS_BATCH_NORMALIZATION, FrozenBatchNormalization)
 
 # What a BN layer's check returns: a reason to leave it, or None.
 PairCheck = Callable[[keras.layers.Layer, keras.layers.Layer], Optional[str]]
@@ -443,11 +441,9 @@ class Rewriter:
         self, producer, bn, output_shape, consumers, is_output, calls
     ) -> Optional[str]:
         """Why `bn` cannot be merged into `producer`, or None if it can."""
-        if type(bn) not in BN_TYPES:
-            return (
-                f"custom BatchNormalization subclass {type(bn).__name__}, "
-                f"whose inference behaviour {self.tool} cannot assume"
-            )
+        reason = _walk.custom_batch_norm_reason(bn)
+        if reason is not None:
+            return reason
         reason = self.check(producer, bn) if self.check else None
         if reason is not None:
             return reason

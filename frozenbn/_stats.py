@@ -23,17 +23,11 @@ from frozenbn import _distribute
 from frozenbn import _math
 from frozenbn import _measure
 from frozenbn import _walk
-from frozenbn.layers import BatchNormalization
 from frozenbn.layers import Frozen
 
 # How each measured BN layer normalizes during a statistics pass.
 BATCH = _measure.BATCH  # with the current batch's statistics (BN in `fit`)
 AS_IN_FIT = _measure.AS_IN_FIT  # batch or moving statistics, as `fit` would
-
-# The classes whose `call` the measuring call reproduces exactly. A custom
-# subclass may do more in its `call`; it is skipped, as `convert` refuses it
-# and `fold` leaves it.
-MEASURABLE_CLASSES = (_walk.KERAS_BATCH_NORMALIZATION, BatchNormalization)
 
 _PROGRAMS_ATTRIBUTE = "_frozenbn_statistics_programs"
 _PROGRAMS_PER_MODEL = 4
@@ -43,17 +37,11 @@ def split_measurable(layers: list):
     """`(measurable, skipped)`: `skipped` pairs a layer with the reason."""
     measurable, skipped = [], []
     for layer in layers:
-        if type(layer) in MEASURABLE_CLASSES:
+        reason = _walk.custom_batch_norm_reason(layer)
+        if reason is None:
             measurable.append(layer)
         else:
-            skipped.append(
-                (
-                    layer,
-                    f"a custom BatchNormalization subclass "
-                    f"({type(layer).__name__}) whose own call frozenbn "
-                    "cannot reproduce while measuring",
-                )
-            )
+            skipped.append((layer, reason))
     return measurable, skipped
 
 

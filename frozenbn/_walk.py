@@ -57,6 +57,30 @@ def batch_norm_layers(
     ]
 
 
+def custom_batch_norm_reason(layer: keras.layers.Layer) -> Optional[str]:
+    """Why frozenbn leaves `layer` alone, if it is a custom BN subclass.
+
+    The one policy of every tool: frozenbn works on Keras's and its own
+    BatchNormalization classes, whose `call` it knows. A subclass of either
+    may compute something else in its `call`; frozenbn never reinterprets
+    it. `convert` refuses it (its `include` argument can skip it); `fold`,
+    `fuse`, `recalibrate` and `audit` leave it as it is and say so with
+    this reason. Returns `None` for the two known classes (and non-BN
+    layers).
+    """
+    if not is_batch_norm(layer) or type(layer) in (
+        KERAS_BATCH_NORMALIZATION,
+        _FrozenBatchNormalization,
+    ):
+        return None
+    cls = type(layer)
+    return (
+        f"a custom BatchNormalization subclass ({cls.__module__}."
+        f"{cls.__qualname__}), whose own `call` frozenbn does not "
+        "reinterpret"
+    )
+
+
 def is_graph_model(layer) -> bool:
     """Whether `layer` is a Sequential or Functional model (a known graph).
 

@@ -145,16 +145,15 @@ def unfreeze(
 
 def _check_convertible(layers: list) -> None:
     for layer in layers:
-        cls = type(layer)
-        if cls in (_walk.KERAS_BATCH_NORMALIZATION, BatchNormalization):
+        reason = _walk.custom_batch_norm_reason(layer)
+        if reason is None:
             continue
         raise ValueError(
-            f"Cannot convert layer '{layer.name}' of class "
-            f"{cls.__module__}.{cls.__qualname__}: it subclasses "
-            "keras.layers.BatchNormalization, and converting it would drop "
-            "its own behaviour. Skip it with `include=lambda layer: "
-            f"layer.name != '{layer.name}'`, or make {cls.__name__} "
-            "subclass frozenbn.BatchNormalization instead."
+            f"Cannot convert layer '{layer.name}': it is {reason}, and "
+            "converting it would drop its own behaviour. Skip it with "
+            f"`include=lambda layer: layer.name != '{layer.name}'`, or make "
+            f"{type(layer).__name__} subclass frozenbn.BatchNormalization "
+            "instead."
         )
 
 

@@ -135,8 +135,6 @@ def _folded_weights(layer, bn) -> Dict[str, np.ndarray]:
         value(bn.moving_variance),
         bn.epsilon,
     )
-    scale = scale.astype(np.float64)
-    shift = shift.astype(np.float64)
     bias = value(layer.bias) if layer.use_bias else np.zeros(scale.shape)
     folded = {"bias": bias.astype(np.float64) * scale + shift}
     if isinstance(layer, _pairs.SEPARABLE):

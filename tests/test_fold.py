@@ -317,3 +317,25 @@ def test_report_is_a_dataclass_with_defaults():
     report = FoldReport()
     assert report.folded == [] and report.left == []
     assert str(report).startswith("Folded 0")
+
+
+@pytest.mark.smoke
+def test_folded_weights_are_rounded_once_from_float64():
+    model = keras.Sequential([
+        keras.Input((5,)),
+        layers.Dense(3, name="dense"),
+        layers.BatchNormalization(name="bn", epsilon=1e-3),
+    ])
+    testing.randomize_batch_norm(model, seed=4)
+    dense, bn = model.get_layer("dense"), model.get_layer("bn")
+    f64 = lambda v: testing.to_numpy(v).astype(np.float64)  # noqa: E731
+    scale = f64(bn.gamma) / np.sqrt(f64(bn.moving_variance) + 1e-3)
+    kernel = (f64(dense.kernel) * scale).astype(np.float32)
+    bias = (
+        (f64(dense.bias) - f64(bn.moving_mean)) * scale + f64(bn.beta)
+    ).astype(np.float32)
+    folded, _ = fold(model)
+    assert np.array_equal(testing.to_numpy(folded.layers[0].kernel), kernel)
+    np.testing.assert_array_max_ulp(
+        testing.to_numpy(folded.layers[0].bias), bias, maxulp=1
+    )
