@@ -197,7 +197,10 @@ def test_rejects_bad_arguments():
         audit(model, iter([]))
 
 
-def test_report_type():
+def test_steps_limit_the_batches_audited():
     model = _two_bn_model()
     x, _ = _data(n=8)
-    assert isinstance(audit(model, x, steps=1), AuditReport)
+    report = audit(model, x, steps=1, batch_size=4)
+    assert isinstance(report, AuditReport)
+    assert (report.steps, report.samples) == (1, 4)
+    assert len(report.layers) == 2

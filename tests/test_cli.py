@@ -173,9 +173,11 @@ def test_audit(model_file, image_dir, tmp_path, capsys):
     code = main(["audit", str(model_file), str(image_dir), "--out", str(out),
                  "--preprocess", "unit"])
     assert code == 0, capsys.readouterr().err
-    assert capsys.readouterr().out.strip()
-    assert json.loads((out / "audit.json").read_text())
-    assert (out / "audit.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "audit.json").read_text())
+    assert report["samples"] == 10 and len(report["layers"]) == 1
+    assert report["layers"][0]["name"] in printed
+    assert (out / "audit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_demo_rejects_bad_inputs(tmp_path, image_dir, capsys):

@@ -106,3 +106,21 @@ def test_speed_memory_and_torchvision_peer(tmp_path):
     if fused["step_peak_rss_mb"] is not None:  # Linux: the step's own peak
         assert fused["step_peak_rss_mb"] >= fused["rss_before_mb"] * 0.5
     assert os.path.getsize(tmp_path / "peer.png") > 0
+
+
+def test_recalibrate_benchmark_tiny_writes_report(tmp_path):
+    """benchmarks/speed_recalibrate.py at a tiny size: it runs and writes."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import speed_recalibrate
+    finally:
+        sys.path.pop(0)
+    result = speed_recalibrate.bench_recalibrate(
+        "mini", 16, 32, 16, 2, True, str(tmp_path)
+    )
+    assert set(result["paired_ratio_vs_predict"]) >= {"recalibrate", "recalibrate_eager"}
+    assert all(r > 0 for r in result["paired_ratio_vs_predict"].values())
+    written = sorted(p.suffix for p in tmp_path.iterdir())
+    assert written == [".json", ".md", ".png"]
+    with open(next(tmp_path.glob("*.json"))) as f:
+        assert json.load(f)["environment"]["backend"] == keras.config.backend()
