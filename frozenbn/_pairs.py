@@ -1,19 +1,16 @@
-"""Linear layers followed by a BatchNormalization: which pairs, and a copy.
+"""Linear layers followed by a BatchNormalization: which pairs qualify.
 
 `fold` (for inference) and `fuse` (for training) both replace "a Conv or
 Dense layer whose output feeds only a BatchNormalization layer" by one
 layer. This module is the one place that
 
 - decides which (layer, BN) pairs qualify, and why the other BN layers do
-  not (`Rewriter`, with a tool-specific `check` for the BN itself);
-- copies a Functional or Sequential model with any of its operations
-  replaced, dropped or expanded into several layers (`copy_graph`), which
-  `Rewriter` and `unfuse` use;
+  not (`Rewriter`, with a tool-specific `check` for the BN itself), and
+  rewrites the model through `frozenbn._graph`;
 - says in one wording what a tool did (`report_text`) and which models it
   accepts (`check_graph_model`).
 """
 
-import logging
 from collections import Counter
 from typing import Callable
 from typing import Dict
@@ -25,9 +22,8 @@ import keras
 
 from frozenbn import _checks
 from frozenbn import _clone
+from frozenbn import _graph
 from frozenbn import _walk
-
-logger = logging.getLogger(__name__)
 
 # Output channels are the last kernel axis (HWIO, and Dense's (in, units)).
 OUT_LAST = (
@@ -84,169 +80,6 @@ def report_text(verb: str, pairs: List[Pair], left: List[Pair]) -> str:
     return "\n".join(lines)
 
 
-class Removed(keras.layers.Layer):
-    """Stands for a dropped operation while a copy is built; never called."""
-
-    def call(self, inputs):  # pragma: no cover - the copy bypasses it
-        return inputs
-
-
-class Chain:
-    """Stands for one operation replaced by several layers, called in turn."""
-
-    def __init__(self, *layers: keras.layers.Layer):
-        self.layers = list(layers)
-
-
-def copy_graph(model: keras.Model, clone: Callable) -> keras.Model:
-    """A copy of a Sequential or Functional model, operation by operation.
-
-    `clone(operation)` returns the operation's replacement: a layer, a
-    `Removed` (the operation is dropped: its input passes through) or a
-    `Chain` (its layers are called one after the other). Nested models are
-    whatever `clone` returns for them. Weights are not copied here.
-    """
-    if isinstance(model, keras.Sequential):
-        copy = _copy_sequential(model, clone)
-    else:
-        copy = keras.models.clone_model(
-            model, clone_function=clone, call_function=_call_replacement
-        )
-    # The container's own flag (its layers' flags come with their configs).
-    copy._trainable = model._trainable
-    return copy
-
-
-def _call_replacement(op, *args, **kwargs):
-    if isinstance(op, Removed):
-        return args[0] if args else kwargs["inputs"]
-    if isinstance(op, Chain):
-        outputs = op.layers[0](*args, **kwargs)
-        for layer in op.layers[1:]:
-            outputs = layer(outputs)
-        return outputs
-    return op(*args, **kwargs)
-
-
-def _copy_sequential(model, clone) -> keras.Sequential:
-    layers = []
-    for layer in model.layers:
-        new = clone(layer)
-        if isinstance(new, Chain):
-            layers += new.layers
-        elif not isinstance(new, Removed):
-            layers.append(new)
-    first = model._layers[0] if model._layers else None
-    if isinstance(first, keras.layers.InputLayer):
-        inputs = keras.Input(
-            batch_shape=first.batch_shape,
-            dtype=first.output.dtype,
-            name=first.name,
-        )
-    else:
-        spec = model.inputs[0]
-        inputs = keras.Input(batch_shape=spec.shape, dtype=spec.dtype)
-    return keras.Sequential([inputs] + layers, name=model.name)
-
-
-def copy_layer(layer, jobs: list, config: Optional[dict] = None):
-    """A fresh copy of a layer or bare operation from its config.
-
-    The copy's weights are set from `layer`'s once it is built: `jobs`
-    collects `(layer, copy)` for `finish_copies`. Raises
-    `frozenbn._clone.UncopyableLayer` when the config does not rebuild the
-    layer.
-    """
-    new = _clone.copy_layer(layer, config)
-    if isinstance(layer, keras.layers.Layer):
-        jobs.append((layer, new))
-    return new
-
-
-def finish_copies(jobs: list) -> None:
-    """Copies weights and trainable flags into the built copies."""
-    for layer, new in jobs:
-        _clone.copy_weights(layer, new)
-
-
-def copy_built(layer: keras.layers.Layer) -> keras.layers.Layer:
-    """A built copy of `layer` with its values, trainable flags and paths.
-
-    Built in the name scope that `layer`'s variables were created in (for
-    example the enclosing Sequential model's), so that the copy's variables
-    have the same paths as well as the same names.
-    """
-    new = _clone.copy_layer(layer)
-    path = layer.weights[0].path.split("/") if layer.weights else []
-    scope = "/".join(path[:-2])
-    if scope:
-        with keras.name_scope(scope):
-            new.build_from_config(layer.get_build_config())
-    else:
-        new.build_from_config(layer.get_build_config())
-    _clone.copy_weights(layer, new)
-    return new
-
-
-def private_copy(model, error: Exception, tool: str):
-    """An exact copy of `model` to rewrite, and `{copy's name: model's}`.
-
-    For models with a layer that its config does not rebuild (`error`):
-    the copy is made from the model's own config (`frozenbn._clone`), so
-    the rewrite can reuse such layers from it and still be independent of
-    `model`.
-    """
-    try:
-        private, pairs = _clone.copy_model(model)
-    except RuntimeError as copy_error:
-        raise RuntimeError(
-            f"`frozenbn.{tool}` cannot copy model '{model.name}': {error}, "
-            "and the model's own config does not copy it either "
-            f"({copy_error}). Make the layer's `get_config` round-trip "
-            "through `from_config`."
-        ) from copy_error
-    names = {
-        pairs[id(layer)].name: layer.name
-        for layer in _walk.iter_layers(model)
-        if id(layer) in pairs
-    }
-    return private, names
-
-
-def warn_reused(tool: str, reused: List[str], names: Dict[str, str]) -> None:
-    """Says which layers a rewrite reused because it could not copy them."""
-    if reused:
-        logger.warning(
-            "%s: reused layer(s) %s as they are (their configs do not "
-            "rebuild them); the result works, but a .keras file of it will "
-            "not load until their `get_config` is fixed.",
-            tool,
-            ", ".join(names.get(name, name) for name in reused),
-        )
-
-
-def _owners_in_graph(model) -> dict:
-    """`{id(layer): graph node that contains it}` for layers inside nodes.
-
-    The nodes of a Functional or Sequential graph (recursively through
-    nested graph models) are the layers the model calls; a sublayer of a
-    custom node layer is reached only through that layer's own `call`.
-    """
-    owners = {}
-    operations = (
-        model.layers
-        if isinstance(model, keras.Sequential)
-        else getattr(model, "_operations", [])
-    )
-    for op in operations:
-        if _walk.is_graph_model(op):
-            owners.update(_owners_in_graph(op))
-        elif isinstance(op, keras.layers.Layer):
-            for layer in _walk.iter_layers(op):
-                owners.setdefault(id(layer), op)
-    return owners
-
-
 class Rewriter:
     """Copies a model with each qualifying (layer, BN) pair made one layer.
 
@@ -290,18 +123,18 @@ class Rewriter:
             # does not round-trip). Rewrite a private exact copy of the
             # model instead, reusing such layers from it: the result stays
             # independent of `model`.
-            private, names = private_copy(model, error, self.tool)
+            private, names = _graph.private_copy(model, error, self.tool)
             self.paired, self.left, self.handled = [], [], set()
             self.reuse_uncopyable = True
             copy = self._rewrite(private)
             model = private
-        warn_reused(self.tool, self.reused, names)
+        _graph.warn_reused(self.tool, self.reused, names)
         merged = {
             id(layer.batch_norm): layer.name
             for layer in _walk.iter_layers(model)
             if getattr(layer, "merges_batch_norm", False)
         }
-        owners = _owners_in_graph(model)
+        owners = _graph.owners_in_graph(model)
         for bn in _walk.batch_norm_layers(model):
             if id(bn) in merged:
                 reason = (
@@ -340,21 +173,21 @@ class Rewriter:
             if _walk.is_graph_model(layer):
                 return self._rewrite(layer)
             if id(layer) in removed:
-                return Removed(name=f"{layer.name}_removed")
+                return _graph.Removed(name=f"{layer.name}_removed")
             if id(layer) in pairs:
                 new = self.replace(layer, pairs[id(layer)])
                 replaced.append((layer, new))
                 return new
             try:
-                return copy_layer(layer, jobs)
+                return _graph.copy_layer(layer, jobs)
             except _clone.UncopyableLayer:
                 if not self.reuse_uncopyable:
                     raise
                 self.reused.append(layer.name)
                 return layer
 
-        copy = copy_graph(model, clone)
-        finish_copies(jobs)
+        copy = _graph.copy_graph(model, clone)
+        _graph.finish_copies(jobs)
         if self.finish is not None:
             for layer, new in replaced:
                 self.finish(layer, pairs[id(layer)], new)

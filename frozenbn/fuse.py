@@ -11,6 +11,7 @@ import keras
 from keras import ops
 
 from frozenbn import _clone
+from frozenbn import _graph
 from frozenbn import _native
 from frozenbn import _pairs
 from frozenbn import _walk
@@ -144,12 +145,12 @@ def unfuse(model: keras.Model) -> keras.Model:
     try:
         return _unfuse(model, reused=None)
     except _clone.UncopyableLayer as error:
-        # See `_pairs.private_copy`: reuse the layers that a config does
+        # See `_graph.private_copy`: reuse the layers that a config does
         # not rebuild, from a private copy of the model.
-        private, names = _pairs.private_copy(model, error, "unfuse")
+        private, names = _graph.private_copy(model, error, "unfuse")
         reused = []
         copy = _unfuse(private, reused)
-        _pairs.warn_reused("unfuse", reused, names)
+        _graph.warn_reused("unfuse", reused, names)
         return copy
 
 
@@ -160,20 +161,20 @@ def _unfuse(model: keras.Model, reused) -> keras.Model:
         if _walk.is_graph_model(operation):
             return _unfuse(operation, reused)
         if isinstance(operation, FusedBatchNorm):
-            return _pairs.Chain(
-                _pairs.copy_built(operation.layer),
-                _pairs.copy_built(operation.batch_norm),
+            return _graph.Chain(
+                _graph.copy_built(operation.layer),
+                _graph.copy_built(operation.batch_norm),
             )
         try:
-            return _pairs.copy_layer(operation, jobs)
+            return _graph.copy_layer(operation, jobs)
         except _clone.UncopyableLayer:
             if reused is None:
                 raise
             reused.append(operation.name)
             return operation
 
-    copy = _pairs.copy_graph(model, clone)
-    _pairs.finish_copies(jobs)
+    copy = _graph.copy_graph(model, clone)
+    _graph.finish_copies(jobs)
     return copy
 
 
@@ -199,8 +200,8 @@ def _why_not_fusable(layer, bn):
 
 def _fused(layer, bn) -> "FusedBatchNorm":
     return FusedBatchNorm(
-        _pairs.copy_built(layer),
-        _pairs.copy_built(bn),
+        _graph.copy_built(layer),
+        _graph.copy_built(bn),
         name=f"{layer.name}_fused",
         dtype=layer.dtype_policy,
     )
