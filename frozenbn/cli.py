@@ -9,7 +9,6 @@ set `FROZENBN_DEBUG=1` to get the traceback instead.
 import argparse
 import os
 import sys
-import tempfile
 import time
 import warnings
 import zipfile
@@ -59,7 +58,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        _import_backend_quietly()
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return args.run(args) or 0
@@ -71,37 +69,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"frozenbn: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
-
-
-def _import_backend_quietly() -> None:
-    """Imports Keras and its backend without their start-up log lines.
-
-    TensorFlow's C++ runtime writes lines such as "oneDNN custom operations
-    are on" or "Could not find cuda drivers" straight to the process's
-    stderr while it is imported, before any Python logging setting applies.
-    The command line prints only its own output, so stderr is redirected
-    (at the file-descriptor level) while `keras` and `frozenbn` are
-    imported; if the import fails, what was written is shown.
-    """
-    if "keras" in sys.modules or os.environ.get("FROZENBN_DEBUG"):
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import keras  # noqa: F401
-
-            import frozenbn  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
