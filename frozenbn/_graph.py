@@ -8,6 +8,7 @@ back to a private exact copy of the model (`private_copy`), whose layers
 they may then reuse.
 """
 
+import contextlib
 import logging
 from typing import Callable
 from typing import Dict
@@ -116,11 +117,11 @@ def copy_built(layer: keras.layers.Layer) -> keras.layers.Layer:
     """
     new = _clone.copy_layer(layer)
     path = layer.weights[0].path.split("/") if layer.weights else []
-    scope = "/".join(path[:-2])
-    if scope:
-        with keras.name_scope(scope):
-            new.build_from_config(layer.get_build_config())
-    else:
+    with contextlib.ExitStack() as scopes:
+        # One scope per part, never merged with an equal parent: a path
+        # such as "model/model/conv/kernel" keeps both "model" parts.
+        for part in path[:-2]:
+            scopes.enter_context(keras.name_scope(part, deduplicate=False))
         new.build_from_config(layer.get_build_config())
     _clone.copy_weights(layer, new)
     return new

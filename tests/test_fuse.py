@@ -455,3 +455,21 @@ def test_fused_layer_rejects_what_it_cannot_fuse():
         FusedBatchNorm(layers.ReLU(), frozenbn.BatchNormalization())
     with pytest.raises(TypeError, match="frozenbn.BatchNormalization"):
         FusedBatchNorm(layers.Dense(2), layers.BatchNormalization())
+
+
+def test_copies_keep_variable_paths_with_repeated_scope_names():
+    # A model nested in an enclosing model of the same name creates paths
+    # such as "model/model/conv/kernel"; the fused copy keeps them.
+    from frozenbn import _graph
+
+    with keras.name_scope("model"):
+        with keras.name_scope("model", deduplicate=False):
+            conv = layers.Conv2D(3, 1, name="conv")
+            conv.build((None, 4, 4, 2))
+    copy = _graph.copy_built(conv)
+    assert [w.path for w in copy.weights] == [
+        "model/model/conv/kernel",
+        "model/model/conv/bias",
+    ]
+    for a, b in zip(conv.weights, copy.weights):
+        assert np.array_equal(testing.to_numpy(a), testing.to_numpy(b))
