@@ -7,6 +7,9 @@ import pytest
 import frozenbn
 from tests import testing
 
+# One xdist worker runs the module: the ResNet50 fixture is built once.
+pytestmark = pytest.mark.xdist_group("convert")
+
 
 def _resnet(**kwargs):
     model = keras.applications.ResNet50(

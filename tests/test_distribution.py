@@ -16,6 +16,9 @@ import sys
 import numpy as np
 import pytest
 
+# One xdist worker runs the module: its scenarios are module fixtures.
+pytestmark = pytest.mark.xdist_group("distribution")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tests", "distributed_scenarios.py")
 

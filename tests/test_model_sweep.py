@@ -59,10 +59,17 @@ class Case:
         return self.conversion[0]
 
 
+def _marks(spec):
+    # One xdist group per model: under `pytest -n N --dist loadgroup` all
+    # checks of a model run in one worker, which builds it once.
+    marks = [pytest.mark.xdist_group(spec.id)]
+    return marks + [pytest.mark.slow] if spec.slow else marks
+
+
 @pytest.fixture(
     scope="module",
     params=[
-        pytest.param(spec, marks=[pytest.mark.slow] if spec.slow else [], id=spec.id)
+        pytest.param(spec, marks=_marks(spec), id=spec.id)
         for spec in MODELS
     ],
 )
