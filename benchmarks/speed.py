@@ -26,7 +26,10 @@ the device by its Python-float results; inputs are backend tensors made
 once. Arms are interleaved (`speed_timing.py`); the report gives medians,
 quartiles and paired ratios, and checks the targets (`speed_report.py`).
 
-Writes `speed_<backend>_<device>.{json,md,png}` to `--out`.
+Writes `speed_<backend>_<device>.{json,md,png}` to `--out`, after every
+section (train, inference, peer, each memory arm, convert, in that order),
+so a run cut short keeps what it measured; `complete` in the JSON says
+whether every section ran.
 
 Usage:
     KERAS_BACKEND=tensorflow python benchmarks/speed.py \
@@ -198,18 +201,17 @@ def main(argv=None):
     print(f"  {result['exactness']}\n  fused {result['fused_exactness']}",
           flush=True)
 
+    stem = args.tag or _common.result_stem("speed", "", env)
+    path = os.path.join(args.out, stem)
+    # Written after every section, so a run stopped by a time limit (the
+    # GPU script gives each part a budget) keeps what it measured.
     if "train" not in skip:
         result["train"] = run_train(base, x, y, args)
         gc.collect()
+        _write(result, path)
     if "inference" not in skip:
         result["inference"] = run_inference(base, frozen, x, args)
-    if "convert" not in skip:
-        result["convert"] = run_convert(base, args)
-    result["load_average_end"] = environment_info()["load_average"]
-    if "memory" not in skip:
-        print("memory (one process per arm) ...", flush=True)
-        arms = [a for a in args.memory_arms.split(",") if a]
-        result["memory"] = speed_memory.measure(arms, args)
+        _write(result, path)
     if args.torchvision_peer:
         if keras.config.backend() != "torch":
             print("--torchvision-peer needs KERAS_BACKEND=torch: skipped.")
@@ -217,18 +219,33 @@ def main(argv=None):
         else:
             print("torchvision peer ...", flush=True)
             result["torchvision_peer"] = speed_peer.time_torchvision(args)
-    result["targets"] = speed_report.targets(result)
+        _write(result, path)
+    if "memory" not in skip:
+        print("memory (one process per arm) ...", flush=True)
+        result["memory"] = {"arms": {}, "note": speed_memory.NOTE}
+        for arm in (a for a in args.memory_arms.split(",") if a):
+            measured = speed_memory.measure([arm], args)["arms"]
+            result["memory"]["arms"].update(measured)
+            _write(result, path)
+    if "convert" not in skip:
+        result["convert"] = run_convert(base, args)
+    result["complete"] = True
+    _write(result, path)
     for name, t in result["targets"].items():
         print(f"  {name}: {fmt(t['value'])} (target "
               f"{t['target']}, met {t['met']})")
+    print(f"wrote {path}.json/.md/.png")
+    return result
 
-    stem = args.tag or _common.result_stem("speed", "", env)
-    path = os.path.join(args.out, stem)
+
+def _write(result: dict, path: str) -> None:
+    """Writes the JSON, markdown and PNG of what has been measured so far."""
+    result.setdefault("complete", False)
+    result["load_average_end"] = environment_info()["load_average"]
+    result["targets"] = speed_report.targets(result)
     _common.write_json(result, path + ".json")
     _common.write_text(speed_report.markdown(result), path + ".md")
     speed_report.plot(result, path + ".png")
-    print(f"wrote {path}.json/.md/.png")
-    return result
 
 
 def _print_arms(arms, unit):

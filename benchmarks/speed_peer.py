@@ -50,6 +50,15 @@ def time_torchvision(args) -> dict:
         "torchvision_bn": make(None),
         "torchvision_frozen_bn2d": make(FrozenBatchNorm2d),
     }
+    memory = {}
+    for name, fn in fns.items():
+        # The first call of each arm (its optimizer state is made then):
+        # the CUDA allocator's peak while both networks are resident.
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        fn()
+        memory[name] = (torch.cuda.max_memory_allocated() / 2**20
+                        if device == "cuda" else None)
     speed_timing.warm_up(fns, args.warmup)
     arms = speed_timing.interleaved(
         fns, args.repeats, args.steps * args.batch_size
@@ -59,5 +68,8 @@ def time_torchvision(args) -> dict:
         "torchvision": torchvision.__version__,
         "note": __doc__.split("\n\n")[1].replace("\n", " ").strip(),
         "arms": arms,
+        "device_peak_mb": memory,
+        "memory_note": "torch.cuda.max_memory_allocated over each arm's "
+        "first call, both peer networks resident (None on a CPU)",
         "ratios_vs_torchvision_bn": speed_timing.ratios(arms, "torchvision_bn"),
     }

@@ -112,6 +112,9 @@ def markdown(result: dict) -> str:
         environment_line(env)
         + f" Load average at the end: {fmt(result.get('load_average_end'))}.",
     ]
+    if not result.get("complete", True):
+        lines += ["", "**Partial: the run stopped before its last section; "
+                  "what is below is what it measured.**"]
     train = result.get("train")
     if train:
         columns = {
@@ -255,9 +258,11 @@ def _peer_lines(peer) -> list:
         return []
     if "arms" not in peer:
         return ["", f"torchvision peer: {peer.get('skipped')}"]
+    memory = peer.get("device_peak_mb", {})
     rows = [
         [name, f"{s['median']:.1f}", f"{s['q1']:.1f}-{s['q3']:.1f}",
-         _x(peer["ratios_vs_torchvision_bn"].get(name))]
+         _x(peer["ratios_vs_torchvision_bn"].get(name)),
+         fmt(memory.get(name))]
         for name, s in peer["arms"].items()
     ]
     return [
@@ -268,7 +273,8 @@ def _peer_lines(peer) -> list:
         peer["note"],
         "",
         format_table(
-            ["arm", "median", "IQR", "vs torchvision_bn"], rows, markdown=True
+            ["arm", "median", "IQR", "vs torchvision_bn",
+             "device peak MB (first call)"], rows, markdown=True
         ),
     ]
 
