@@ -26,6 +26,7 @@ from tests import testing
 # more than the margin to issue 14's 5x (its bar for the full demo).
 GAP = 3.0
 
+
 def _write_folder(root, sizes=((20, 30), (40, 40)), per_class=3):
     from PIL import Image
 
