@@ -6,8 +6,6 @@ import keras
 import numpy as np
 import pytest
 
-import frozenbn
-
 # The one backend gate of the suite: what Keras runs on, not what the
 # environment asked for.
 requires_tensorflow = pytest.mark.skipif(
