@@ -98,6 +98,22 @@ def _timing_rows(arms: dict, columns: dict, digits: int = 1) -> list:
     return rows
 
 
+def _timing_section(
+    title: str, arms: dict, columns: dict, digits: int = 1, note: str = ""
+) -> list:
+    """Markdown lines of one timing table: a heading, a note, the table."""
+    lines = ["", f"## {title}", ""]
+    if note:
+        lines += [note, ""]
+    return lines + [
+        format_table(
+            ["arm", "median", "IQR", "min-max"] + list(columns),
+            _timing_rows(arms, columns, digits),
+            markdown=True,
+        )
+    ]
+
+
 def markdown(result: dict) -> str:
     c, env = result["config"], result["machine"]
     lines = [
@@ -126,35 +142,22 @@ def markdown(result: dict) -> str:
             ],
             "paired vs folded": train["paired_ratios_vs_folded"],
         }
-        lines += [
-            "",
-            "## Training step (images/s, higher is better)",
-            "",
-            "Ratios: of medians; paired = median over repeats of the ratio "
-            "within a repeat (wall clock, or the process's CPU time).",
-            "",
-            format_table(
-                ["arm", "median", "IQR", "min-max"] + list(columns),
-                _timing_rows(train["arms"], columns),
-                markdown=True,
-            ),
-        ]
+        lines += _timing_section(
+            "Training step (images/s, higher is better)",
+            train["arms"],
+            columns,
+            note="Ratios: of medians; paired = median over repeats of the "
+            "ratio within a repeat (wall clock, or the process's CPU time).",
+        )
     inference = result.get("inference")
     if inference:
         columns = {
             "vs stock": inference["ratios_vs_stock"],
             "paired vs stock": inference["paired_ratios_vs_stock"],
         }
-        lines += [
-            "",
-            "## Inference (images/s, higher is better)",
-            "",
-            format_table(
-                ["arm", "median", "IQR", "min-max"] + list(columns),
-                _timing_rows(inference["arms"], columns),
-                markdown=True,
-            ),
-        ]
+        lines += _timing_section(
+            "Inference (images/s, higher is better)", inference["arms"], columns
+        )
     convert = result.get("convert")
     if convert:
         columns = {
@@ -162,16 +165,12 @@ def markdown(result: dict) -> str:
                 "paired_speed_vs_clone_model"
             ],
         }
-        lines += [
-            "",
-            "## convert vs clone_model (seconds per call, lower is better)",
-            "",
-            format_table(
-                ["arm", "median", "IQR", "min-max"] + list(columns),
-                _timing_rows(convert["arms"], columns, digits=3),
-                markdown=True,
-            ),
-        ]
+        lines += _timing_section(
+            "convert vs clone_model (seconds per call, lower is better)",
+            convert["arms"],
+            columns,
+            digits=3,
+        )
     lines += _memory_lines(result.get("memory"))
     lines += _exactness_lines(result)
     if result.get("targets"):
