@@ -153,12 +153,17 @@ def test_keras_file_round_trip(case, tmp_path):
     testing.assert_outputs_equal(case.reference, testing.outputs(patched, case.x))
 
 
+def _assert_every_bn_decided(model, paired, left):
+    """Each BN layer of `model` is paired or left, and every left one says why."""
+    decided = [bn for _, bn in paired] + [bn for bn, _ in left]
+    layers = testing.layers_of(model, KERAS_BN)
+    assert sorted(decided) == sorted(layer.name for layer in layers)
+    assert all(reason for _, reason in left)
+
+
 def test_fold_matches_and_reports_every_layer(case):
     folded, report = frozenbn.fold(case.model)
-    layers = testing.layers_of(case.model, KERAS_BN)
-    decided = [bn for _, bn in report.folded] + [bn for bn, _ in report.left]
-    assert sorted(decided) == sorted(layer.name for layer in layers)
-    assert all(reason for _, reason in report.left)
+    _assert_every_bn_decided(case.model, report.folded, report.left)
     kept = testing.count_layers(folded, KERAS_BN)
     called = testing.called_layers(case.model, case.x, KERAS_BN)
     assert kept <= len(report.left)
@@ -170,10 +175,7 @@ def test_fold_matches_and_reports_every_layer(case):
 
 def test_fuse_matches_and_unfuse_restores(case):
     fused, report = frozenbn.fuse(case.converted)
-    layers = testing.layers_of(case.converted, KERAS_BN)
-    decided = [bn for _, bn in report.fused] + [bn for bn, _ in report.left]
-    assert sorted(decided) == sorted(layer.name for layer in layers)
-    assert all(reason for _, reason in report.left)
+    _assert_every_bn_decided(case.converted, report.fused, report.left)
     testing.assert_outputs_close(
         case.reference, testing.outputs(fused, case.x), case.tolerance, 1e-5
     )
