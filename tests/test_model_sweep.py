@@ -52,7 +52,7 @@ class Case:
         Fold and fuse round each folded weight once, as moving every BN
         variance by one float32 step does (`testing.rounding_floor`).
         """
-        return 1e-5 + 10 * testing.rounding_floor(self.model, self.x)
+        return 1e-5 + 10 * testing.rounding_floor(self.model, self.x, self.reference)
 
     @property
     def converted(self):
