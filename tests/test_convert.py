@@ -7,8 +7,8 @@ import pytest
 import frozenbn
 from tests import testing
 
-# One xdist worker runs the module: the ResNet50 fixture is built once.
-pytestmark = pytest.mark.xdist_group("convert")
+# Under `pytest -n N` one worker runs the whole module
+# (`conftest.SHARED_WORKER_MODULES`), so its module fixtures are built once.
 
 
 def _resnet(**kwargs):

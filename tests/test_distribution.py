@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import pytest
 
-# One xdist worker runs the module: its scenarios are module fixtures.
-pytestmark = pytest.mark.xdist_group("distribution")
+# Under `pytest -n N` one worker runs the whole module
+# (`conftest.SHARED_WORKER_MODULES`), so its module fixtures are built once.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tests", "distributed_scenarios.py")

@@ -5,7 +5,8 @@ installed `keras.applications` and keras-hub (backbones and image tasks),
 so a new model is swept without editing this file. Each model is built
 once, with random weights and randomized BN statistics at a small input
 size, by a module-scoped parametrized fixture: pytest runs every check of
-one model before it builds the next. The larger variants of each
+one model before it builds the next (under `pytest -n N`, all in one
+worker: `conftest.worker_scope`). The larger variants of each
 `keras.applications` family are marked `slow`.
 """
 
@@ -59,17 +60,11 @@ class Case:
         return self.conversion[0]
 
 
-def _marks(spec):
-    # One xdist group per model: under `pytest -n N --dist loadgroup` all
-    # checks of a model run in one worker, which builds it once.
-    marks = [pytest.mark.xdist_group(spec.id)]
-    return marks + [pytest.mark.slow] if spec.slow else marks
-
-
 @pytest.fixture(
     scope="module",
     params=[
-        pytest.param(spec, marks=_marks(spec), id=spec.id)
+        pytest.param(spec, marks=[pytest.mark.slow] if spec.slow else [],
+                     id=spec.id)
         for spec in MODELS
     ],
 )

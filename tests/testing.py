@@ -240,3 +240,26 @@ def outputs_and_gradients(layer, x, upstream, training=True):
     gradient = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
     (_, y), grads = gradient(x, [w.value for w in weights])
     return to_numpy(y), [to_numpy(grads[0])] + [to_numpy(g) for g in grads[1]]
+
+
+# Under `pytest -n N` (pytest-xdist), tests that share a costly
+# module-scoped fixture must run in one worker, or each worker builds it
+# again: every check of one model of the sweep (one fixture value per
+# model), and these whole modules.
+SHARED_WORKER_MODULES = ("tests/test_convert.py", "tests/test_distribution.py")
+SWEEP_MODULE = "tests/test_model_sweep.py"
+
+
+def worker_scope(nodeid: str) -> str:
+    """The unit of tests pytest-xdist sends to one worker, from a node id.
+
+    A sweep check's scope is its model (the parameter id in brackets); a
+    test of `SHARED_WORKER_MODULES` has its module's; any other test is its
+    own, so those balance freely.
+    """
+    path, _, name = nodeid.partition("::")
+    if path == SWEEP_MODULE and name.endswith("]"):
+        return path + name[name.index("["):]
+    if path in SHARED_WORKER_MODULES:
+        return path
+    return nodeid
