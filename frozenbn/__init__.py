@@ -10,6 +10,9 @@ from frozenbn.convert import freeze
 from frozenbn.convert import unfreeze
 from frozenbn.fold import FoldReport
 from frozenbn.fold import fold
+from frozenbn.fuse import FuseReport
+from frozenbn.fuse import fuse
+from frozenbn.fuse import unfuse
 from frozenbn.layers import BatchNormalization
 from frozenbn.layers import Frozen
 from frozenbn.patch import patch
@@ -20,13 +23,16 @@ __all__ = [
     "BatchNormalization",
     "FoldReport",
     "Frozen",
+    "FuseReport",
     "__version__",
     "audit",
     "callbacks",
     "convert",
     "fold",
     "freeze",
+    "fuse",
     "patch",
     "recalibrate",
     "unfreeze",
+    "unfuse",
 ]

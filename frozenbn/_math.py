@@ -5,7 +5,11 @@
 - `batch_moments`: per-channel mean, biased variance and sample count of one
   batch, with Keras BN's mask convention, in `keras.ops`.
 - `PooledMoments`: the exact population mean and variance of a stream of
-  batches from their per-batch moments (the precise-BN estimator).
+  batches from their per-batch moments (the precise-BN estimator), on the
+  host in float64.
+- `pool_moments` / `all_reduce_moments`: the same pooling as tensors, in
+  `keras.ops`, for a compiled pass (batch after batch, and across replicas
+  or workers with nothing but sums).
 """
 
 from typing import Optional
@@ -27,8 +31,9 @@ def fold_scale_bias(
 
     `scale = gamma / sqrt(var + eps)` and `bias = beta - mean * scale`, the
     algebra of torch's `fuse_conv_bn_weights` and TFMOT. The arithmetic is
-    done in float64 and the result rounded once to float32, so the folded
-    weights carry one rounding error rather than several.
+    done in float64 and returned in float64: the caller multiplies it into
+    the kernel and bias in float64 too and rounds once, when it writes the
+    folded weights in the layer's dtype (`frozenbn.fold`).
 
     Args:
         gamma: Per-channel scale, or `None` for a layer with `scale=False`
@@ -41,7 +46,7 @@ def fold_scale_bias(
         eps: The layer's `epsilon`.
 
     Returns:
-        A tuple of two float32 NumPy arrays of shape `mean.shape`.
+        A tuple of two float64 NumPy arrays of shape `mean.shape`.
 
     Example:
 
@@ -58,7 +63,7 @@ def fold_scale_bias(
     beta = np.zeros_like(mean) if beta is None else np.asarray(beta, np.float64)
     scale = gamma / np.sqrt(var + float(eps))
     bias = beta - mean * scale
-    return scale.astype(np.float32), bias.astype(np.float32)
+    return scale, bias
 
 
 def batch_moments(x, axis: int, mask=None):
@@ -76,7 +81,8 @@ def batch_moments(x, axis: int, mask=None):
 
     Returns:
         `(mean, variance, count)`: two per-channel tensors and the number of
-        positions per channel (a Python int, or a scalar tensor when masked).
+        positions per channel (a Python int, or a scalar tensor when masked
+        or when a dimension is unknown while tracing).
 
     Example:
 
@@ -92,8 +98,10 @@ def batch_moments(x, axis: int, mask=None):
         mean = ops.mean(x, axis=axes, keepdims=True)
         var = ops.mean(ops.square(x - mean), axis=axes)
         count = 1
+        shape = ops.shape(x)
         for i in axes:
-            count *= int(ops.shape(x)[i])
+            # An int, or a scalar tensor for a dimension unknown when traced.
+            count = count * shape[i]
         return ops.squeeze(mean, axis=axes), var, count
     weights = ops.cast(ops.expand_dims(mask, axis=-1), x.dtype)
     weights = ops.broadcast_to(weights, ops.shape(x))
@@ -147,6 +155,19 @@ class PooledMoments:
         self.mean = None
         self._m2 = None  # sum of squared deviations from the running mean
 
+    @classmethod
+    def from_state(cls, count, mean, m2) -> "PooledMoments":
+        """The pooled moments of a `pool_moments` state `(count, mean, m2)`.
+
+        A state with `count == 0` (no batch) gives an empty `PooledMoments`.
+        """
+        pooled = cls()
+        if float(count) > 0:
+            pooled.count = float(count)
+            pooled.mean = np.asarray(mean, np.float64).reshape(-1)
+            pooled._m2 = np.asarray(m2, np.float64).reshape(-1)
+        return pooled
+
     def update(
         self, mean: Sequence[float], var: Sequence[float], count
     ) -> None:
@@ -178,3 +199,93 @@ class PooledMoments:
         if self.mean is None:
             return None
         return np.maximum(self._m2 / self.count, 0.0)
+
+
+def pool_moments(state, mean, var, count):
+    """Adds one batch's moments to a pooled state, in `keras.ops`.
+
+    The tensor form of `PooledMoments.update` (Chan et al.'s pairwise
+    update), for a compiled statistics pass that keeps its state on the
+    device: `state` is `(count, mean, m2)` — a scalar, and two per-channel
+    vectors, `m2` being the sum of squared deviations from `mean` — in
+    float32. A batch with `count == 0` (an empty shard, a fully masked
+    batch) leaves the state unchanged even though its moments are NaN.
+
+    Float32 is enough when the moments are taken about a reference value
+    close to the data (the caller subtracts it from the inputs first, and
+    adds it back to the final mean): means are then numbers of the size of
+    the spread rather than of the mean, and no precision is lost when
+    `|mean| >> std` (the shifted-data algorithm). Without the shift, the
+    rounding of a float32 mean of ~1000 moves a variance of 0.25 by 2e-5.
+
+    Args:
+        state: The pooled `(count, mean, m2)` so far; zeros to start.
+        mean: The batch's per-channel mean.
+        var: The batch's per-channel biased variance.
+        count: The batch's number of positions per channel.
+
+    Returns:
+        The new `(count, mean, m2)`.
+
+    Example:
+
+    >>> state = (0.0, np.zeros(1, "float32"), np.zeros(1, "float32"))
+    >>> state = pool_moments(state, np.array([1.0]), np.array([0.0]), 1)
+    >>> state = pool_moments(state, np.array([4.0]), np.array([1.0]), 2)
+    >>> n, mean, m2 = (ops.convert_to_numpy(t) for t in state)
+    >>> float(n), float(mean[0]), round(float(m2[0] / n), 6)
+    (3.0, 3.0, 2.666667)
+    """
+    n, mu, m2 = (ops.convert_to_tensor(t, "float32") for t in state)
+    nb = ops.cast(count, "float32")
+    present = nb > 0
+    zeros = ops.zeros_like(mu)
+    delta = ops.where(present, ops.cast(mean, "float32") - mu, zeros)
+    var = ops.where(present, ops.cast(var, "float32"), zeros)
+    total = n + nb
+    weight = nb / ops.maximum(total, 1.0)
+    return (
+        total,
+        mu + delta * weight,
+        m2 + var * nb + ops.square(delta) * (n * weight),
+    )
+
+
+def all_reduce_moments(count, mean, m2, sum_all):
+    """Pools `(count, mean, m2)` states held by several replicas or workers.
+
+    Exact and stable with only sum-reductions, which every backend's
+    collectives offer: a first all-reduce gives the total count and the
+    count-weighted sum of means, a second the sum of each part's `m2` plus its
+    between-part spread `count * (mean - pooled_mean)^2`. Never a mean of
+    means: parts of different sizes weigh by their counts (flax #2417).
+
+    Args:
+        count: This part's counts, as a tensor of the shape of `mean` (a
+            flat layout repeats each layer's count over its channels).
+        mean: This part's means.
+        m2: This part's sums of squared deviations from `mean`.
+        sum_all: `sum_all(tensors) -> tensors`, the sum of each tensor of
+            a list over all parts (one batched all-reduce); called twice.
+
+    Returns:
+        The pooled `(count, mean, m2)`, the same on every part.
+
+    Example:
+
+    >>> # Two parts, {1} and {3, 5}, stacked on axis 0 of one array here.
+    >>> n, mean, m2 = all_reduce_moments(
+    ...     np.array([1.0, 2.0]), np.array([1.0, 4.0]), np.array([0.0, 2.0]),
+    ...     lambda ts: [ops.sum(t, axis=0, keepdims=True) for t in ts])
+    >>> n, mean, m2 = (ops.convert_to_numpy(t) for t in (n, mean, m2))
+    >>> float(n[0]), float(mean[0]), round(float(m2[0] / n[0]), 6)
+    (3.0, 3.0, 2.666667)
+    """
+    count, mean, m2 = (ops.convert_to_tensor(t) for t in (count, mean, m2))
+    present = count > 0  # an empty part's moments may be NaN
+    mean = ops.where(present, mean, ops.zeros_like(mean))
+    m2 = ops.where(present, m2, ops.zeros_like(m2))
+    total, weighted = sum_all([count, count * mean])
+    pooled_mean = weighted / ops.maximum(total, 1.0)
+    spread = m2 + count * ops.square(mean - pooled_mean)
+    return total, pooled_mean, sum_all([spread])[0]

@@ -1,32 +1,44 @@
 """One walk over a model's layers, shared by every frozenbn tool.
 
-`convert`, `freeze`, `recalibrate`, `fold` and `audit` all need "every layer
-of this model, nested models and sublayers of custom layers included, each
-once". Keras keeps that list behind a private method; this module is the
-single place that touches it.
+`convert`, `freeze`, `recalibrate`, `fold`, `fuse` and `audit` all need
+"every layer of this model, nested models and sublayers of custom layers
+included, each once", and the copying tools need to know which layer of a
+copy stands for which layer of the original. Keras keeps the layer tree
+behind private attributes; this module is the single place that reads
+them.
 """
 
+from collections import deque
 from typing import Callable
+from typing import Dict
 from typing import Iterator
+from typing import List
 from typing import Optional
 
 import keras
+from keras.src.models.functional import Functional
+
+from frozenbn.layers import KERAS_BATCH_NORMALIZATION
+from frozenbn.layers import BatchNormalization as _FrozenBatchNormalization
 
 LayerPredicate = Optional[Callable[[keras.layers.Layer], bool]]
-
-from frozenbn.layers import KERAS_BATCH_NORMALIZATION  # noqa: F401
 
 
 def iter_layers(root: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
     """Yields `root` and every layer nested in it, each exactly once.
 
-    The order is breadth first and deterministic for a given structure, so
-    two models built from the same config yield corresponding layers in the
-    same positions.
+    The order is breadth first and deterministic for a given structure.
+    Bare `keras.Operation` nodes of Functional graphs (`x + 1`, `ops.pad`)
+    are not layers and are not yielded.
     """
     # `_flatten_layers` deduplicates shared layers and descends into nested
     # models, wrappers and sublayers of subclassed layers.
     yield from root._flatten_layers(include_self=True, recursive=True)
+
+
+def children(layer: keras.layers.Layer) -> List[keras.layers.Layer]:
+    """The layers directly tracked by `layer` (not their sublayers)."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
 def is_batch_norm(layer: keras.layers.Layer) -> bool:
@@ -43,3 +55,167 @@ def batch_norm_layers(
         for layer in iter_layers(root)
         if is_batch_norm(layer) and (include is None or include(layer))
     ]
+
+
+def custom_batch_norm_reason(layer: keras.layers.Layer) -> Optional[str]:
+    """Why frozenbn leaves `layer` alone, if it is a custom BN subclass.
+
+    The one policy of every tool: frozenbn works on Keras's and its own
+    BatchNormalization classes, whose `call` it knows. A subclass of either
+    may compute something else in its `call`; frozenbn never reinterprets
+    it. `convert` refuses it (its `include` argument can skip it); `fold`,
+    `fuse`, `recalibrate` and `audit` leave it as it is and say so with
+    this reason. Returns `None` for the two known classes (and non-BN
+    layers).
+    """
+    if not is_batch_norm(layer) or type(layer) in (
+        KERAS_BATCH_NORMALIZATION,
+        _FrozenBatchNormalization,
+    ):
+        return None
+    cls = type(layer)
+    return (
+        f"a custom BatchNormalization subclass ({cls.__module__}."
+        f"{cls.__qualname__}), whose own `call` frozenbn does not "
+        "reinterpret"
+    )
+
+
+def is_graph_model(layer) -> bool:
+    """Whether `layer` is a Sequential or Functional model (a known graph).
+
+    `keras.Model(inputs, outputs)` and subclasses that call it (keras-hub
+    backbones and task models) are Functional; subclassed models whose
+    structure lives in their `call` are not.
+    """
+    return isinstance(layer, (keras.Sequential, Functional))
+
+
+def check_built(model: keras.layers.Layer, function_name: str) -> None:
+    """Raises a `ValueError` naming `function_name` unless `model` is built.
+
+    Only the model itself must be built. Sublayers that were never called
+    (keras-hub models keep some) have no weights to copy, and a copy made
+    from the config has them unbuilt too.
+    """
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built, so it has no weights yet "
+            f"and `frozenbn.{function_name}` has nothing to work on. Build "
+            "it first: give it an `Input`, call it on a batch, or call "
+            "`model.build(input_shape)`."
+        )
+
+
+def own_weights(layer: keras.layers.Layer) -> list:
+    """The variables `layer` itself created (not its sublayers'), in order."""
+    weights, seen = [], set()
+    for variable in list(getattr(layer, "_trainable_variables", [])) + list(
+        getattr(layer, "_non_trainable_variables", [])
+    ):
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            weights.append(variable)
+    return weights
+
+
+def paths(root: keras.layers.Layer) -> Dict[int, str]:
+    """`id(layer) -> "root/child/grandchild"` for every layer in `root`.
+
+    A layer reachable along several paths (a shared layer) gets the first
+    one in breadth-first order.
+    """
+    found = {id(root): root.name}
+    queue = deque([root])
+    while queue:
+        parent = queue.popleft()
+        for child in children(parent):
+            if id(child) not in found:
+                found[id(child)] = f"{found[id(parent)]}/{child.name}"
+                queue.append(child)
+    return found
+
+
+def layer_path(root: keras.layers.Layer, layer: keras.layers.Layer) -> str:
+    """The path of `layer` in `root` (see `paths`), or its name."""
+    return paths(root).get(id(layer), layer.name)
+
+
+def match(
+    source: keras.layers.Layer, copy: keras.layers.Layer
+) -> Dict[int, keras.layers.Layer]:
+    """Which layer of `copy` stands for each layer of `source`.
+
+    `copy` is a copy of `source` (a clone, or a model rebuilt from its
+    config). Layers are matched by their path in the model, level by level
+    from the roots: children with the same name and class are paired first
+    (names are kept by configs; a model rebuilt from its config may list
+    its sublayers in another order); the remaining children are paired by
+    class, in order (sublayers that custom layers create without a name get
+    a new automatic name in a copy). Shared layers are matched once.
+
+    Returns:
+        `{id(source_layer): copy_layer}`; layers with no counterpart are
+        missing from it.
+    """
+    pairs = {id(source): copy}
+    queue = deque([(source, copy)])
+    while queue:
+        src, dst = queue.popleft()
+        for a, b in _pair_children(children(src), children(dst)):
+            if id(a) not in pairs:
+                pairs[id(a)] = b
+                queue.append((a, b))
+    return pairs
+
+
+def same_kind(a, b) -> bool:
+    """Whether `a` and `b` may stand for each other in a copy.
+
+    Same class, or one Keras and one frozenbn BatchNormalization: layers
+    that a custom layer builds in its code come back as Keras's class when
+    the layer is rebuilt from its config, whatever they were converted to.
+    """
+    if type(a) is type(b):
+        return True
+    plain = (KERAS_BATCH_NORMALIZATION, _FrozenBatchNormalization)
+    return type(a) in plain and type(b) in plain
+
+
+def _kind(layer):
+    if type(layer) is _FrozenBatchNormalization:
+        return KERAS_BATCH_NORMALIZATION
+    return type(layer)
+
+
+def _pair_children(sources: list, copies: list) -> list:
+    def unique_names(layers):
+        counts = {}
+        for layer in layers:
+            counts[layer.name] = counts.get(layer.name, 0) + 1
+        return {layer.name: layer for layer in layers if counts[layer.name] == 1}
+
+    by_name = unique_names(copies)
+    source_names = unique_names(sources)
+    pairs, taken = [], set()
+    for layer in sources:
+        other = by_name.get(layer.name)
+        if (
+            source_names.get(layer.name) is layer
+            and other is not None
+            and same_kind(other, layer)
+        ):
+            pairs.append((layer, other))
+            taken.add(id(layer))
+            taken.add(id(other))
+    remaining = {}
+    for other in copies:
+        if id(other) not in taken:
+            remaining.setdefault(_kind(other), deque()).append(other)
+    for layer in sources:
+        if id(layer) in taken:
+            continue
+        candidates = remaining.get(_kind(layer))
+        if candidates:
+            pairs.append((layer, candidates.popleft()))
+    return pairs

@@ -15,14 +15,8 @@ from frozenbn import _checks
 from frozenbn import _data
 from frozenbn import _math
 from frozenbn import _report
+from frozenbn import _stats
 from frozenbn import _walk
-
-# `from frozenbn.recalibrate import ...` (not `from frozenbn import
-# recalibrate`): the package re-exports the function under the module's name.
-from frozenbn.recalibrate import AS_IN_FIT
-from frozenbn.recalibrate import StatisticsPass
-from frozenbn.recalibrate import PooledStatistics
-from frozenbn.recalibrate import uses_batch_statistics_in_fit
 
 logger = logging.getLogger(__name__)
 
@@ -230,13 +224,22 @@ def audit(
     - the model's outputs, and its loss if labels and a loss are available,
       with BN as in `fit` and in inference mode, and their ratio.
 
-    "As in `fit`" means: BN layers that `fit` runs with batch statistics use
-    the current batch's statistics, frozen ones (`frozen=True`,
-    `trainable=False`, `frozenbn.Frozen`, `training=False` in the graph) use
-    their moving statistics, and every other layer is in inference mode —
-    Dropout is off, so the difference is due to BN alone. The model is not
+    "As in `fit`" means: the model is called with `training=True`, as `fit`
+    calls it, so every BN layer gets what `fit` gives it; those that `fit`
+    runs with batch statistics use the current batch's, frozen ones
+    (`frozen=True`, `trainable=False`, inside `frozenbn.Frozen`) their moving
+    statistics. (A `training=False` recorded in a Functional graph, as in
+    `base_model(x, training=False)`, does not hold in Keras 3's `fit`, and
+    audit shows it.) Keras's dropout and noise layers run in inference mode,
+    so the difference is due to BN alone. The model is not
     changed (no statistic is written; BN `call`s are swapped on the instance
     during the pass and restored in a `finally` block).
+
+    Each batch runs through one compiled step, as in `recalibrate`, which
+    returns the outputs in both modes; the statistics are pooled on the
+    device. It audits the data of this process on one device (under data
+    parallelism, run it in one process). Custom BatchNormalization
+    subclasses are skipped with a warning (as in `recalibrate`).
 
     Args:
         model: A Keras model or layer.
@@ -266,44 +269,53 @@ def audit(
     """
     _checks.check_is_layer(model, "audit")
     loss_fn = _loss_function(model, loss)
-    layers = _walk.batch_norm_layers(model)
-    pooled = PooledStatistics(layers)
+    layers, skipped = _stats.split_measurable(_walk.batch_norm_layers(model))
+    for layer, reason in skipped:
+        logger.warning(
+            "audit: skipped BatchNormalization layer '%s', %s.",
+            layer.name,
+            reason,
+        )
 
     totals = {"train": 0.0, "inference": 0.0, "weight": 0.0}
     max_diff, diff_sum, diff_count, samples, steps_done = 0.0, 0.0, 0, 0, 0
     has_loss = loss_fn is not None
-    batch_in_fit = uses_batch_statistics_in_fit(model)
-    for x, y, w in _data.iter_xy(data, steps=steps, batch_size=batch_size):
-        pooled.batch = steps_done
-        with StatisticsPass(
-            layers, pooled, mode=AS_IN_FIT, batch_in_fit=batch_in_fit
-        ):
-            fit_out = model(x)
-        infer_out = model(x, training=False)
-        n = _batch_size(x)
-        samples += n
-        steps_done += 1
-        for a, b in zip(
-            keras.tree.flatten(fit_out), keras.tree.flatten(infer_out)
-        ):
-            diff = np.abs(
-                ops.convert_to_numpy(a).astype(np.float64)
-                - ops.convert_to_numpy(b).astype(np.float64)
-            )
-            if diff.size:
-                max_diff = max(max_diff, float(diff.max()))
-                diff_sum += float(diff.sum())
-                diff_count += diff.size
-        if has_loss and y is None:
-            has_loss = False
-            logger.warning(
-                "audit: the data has no labels, so losses are not computed. "
-                "Pass (x, y) to compare the losses."
-            )
-        if has_loss:
-            totals["train"] += n * loss_fn(x, y, fit_out, w)
-            totals["inference"] += n * loss_fn(x, y, infer_out, w)
-            totals["weight"] += n
+    batch_in_fit = _stats.uses_batch_statistics_in_fit(model)
+    with _stats.StatisticsPass(
+        model,
+        layers,
+        mode=_stats.AS_IN_FIT,
+        batch_in_fit=batch_in_fit,
+        outputs=True,
+        distribute=False,
+    ) as stats:
+        for x, y, w in _data.iter_xy(data, steps=steps, batch_size=batch_size):
+            fit_out, infer_out = stats.step(x)
+            n = _batch_size(x)
+            samples += n
+            steps_done += 1
+            for a, b in zip(
+                keras.tree.flatten(fit_out), keras.tree.flatten(infer_out)
+            ):
+                diff = np.abs(
+                    ops.convert_to_numpy(a).astype(np.float64)
+                    - ops.convert_to_numpy(b).astype(np.float64)
+                )
+                if diff.size:
+                    max_diff = max(max_diff, float(diff.max()))
+                    diff_sum += float(diff.sum())
+                    diff_count += diff.size
+            if has_loss and y is None:
+                has_loss = False
+                logger.warning(
+                    "audit: the data has no labels, so losses are not "
+                    "computed. Pass (x, y) to compare the losses."
+                )
+            if has_loss:
+                totals["train"] += n * loss_fn(x, y, fit_out, w)
+                totals["inference"] += n * loss_fn(x, y, infer_out, w)
+                totals["weight"] += n
+        pooled = stats.result()
 
     if has_loss and totals["weight"]:
         train_loss = totals["train"] / totals["weight"]
@@ -315,7 +327,7 @@ def audit(
     audits = [
         _layer_audit(layer, pooled[layer], batch_in_fit[id(layer)])
         for layer in layers
-        if pooled[layer].mean is not None
+        if pooled.called(layer)
     ]
     audits.sort(key=lambda a: a.score, reverse=True)
     return AuditReport(

@@ -6,9 +6,11 @@ from typing import Callable
 from typing import Optional
 
 import keras
+import numpy as np
 
 from frozenbn import _checks
 from frozenbn import _data
+from frozenbn import _walk
 from frozenbn.convert import convert
 from frozenbn.recalibrate import recalibrate
 
@@ -103,6 +105,28 @@ class PreciseBN(keras.callbacks.Callback):
     averages. Without validation data it runs in `on_epoch_end`, before
     later callbacks such as `ModelCheckpoint` when listed before them.
 
+    Weight averaging (an optimizer with `use_ema=True`): Keras's
+    `keras.callbacks.SwapEMAWeights` puts the averaged (EMA) weights in the
+    model for validation, and `fit` writes them into the model when it
+    ends, but no BN statistics were ever computed for them. List
+    `SwapEMAWeights` *before* `PreciseBN`:
+
+        callbacks=[keras.callbacks.SwapEMAWeights(), PreciseBN(x),
+                   keras.callbacks.ModelCheckpoint(...)]
+
+    Then PreciseBN recalibrates the weights being evaluated (the EMA
+    weights), and the statistics follow the weights: when `SwapEMAWeights`
+    swaps the training weights back, the training weights' statistics are
+    put back too (validation does not change training; frozen layers keep
+    training with their own statistics), and whenever the same EMA weights
+    return (`SwapEMAWeights(swap_on_epoch=True)` for checkpoints, or at the
+    end of `fit`) their statistics return with them. At the end of `fit`
+    the model holds the EMA weights and their own precise statistics
+    (recalibrated then if they were never evaluated). PreciseBN recognizes
+    weights by a fingerprint of a few values of every trainable variable;
+    listed after `SwapEMAWeights`'s swap it warns that it measured other
+    weights than the ones evaluated.
+
     Args:
         data: Data to compute the statistics on, in any form
             `frozenbn.recalibrate` takes (labels are ignored), typically a
@@ -120,10 +144,12 @@ class PreciseBN(keras.callbacks.Callback):
     >>> model = keras.Sequential([keras.Input((4,)),
     ...     keras.layers.Dense(8), keras.layers.BatchNormalization(),
     ...     keras.layers.Dense(1)])
-    >>> model.compile("sgd", "mse")
+    >>> model.compile(keras.optimizers.SGD(use_ema=True), "mse")
     >>> x, y = np.random.rand(64, 4), np.random.rand(64, 1)
     >>> history = model.fit(x, y, epochs=1, verbose=0,
-    ...     callbacks=[frozenbn.callbacks.PreciseBN(x)])
+    ...     validation_data=(x, y),
+    ...     callbacks=[keras.callbacks.SwapEMAWeights(),
+    ...                frozenbn.callbacks.PreciseBN(x)])
     """
 
     def __init__(
@@ -156,16 +182,28 @@ class PreciseBN(keras.callbacks.Callback):
         self._in_fit = False
         self._epoch = None
         self._done = True
+        self._ema = None
 
     def on_train_begin(self, logs=None):
         self._in_fit = True
+        self._ema = _StatisticsOfWeights(self.model) if _uses_ema(
+            self.model
+        ) else None
 
     def on_train_end(self, logs=None):
         self._in_fit = False
+        if self._ema is not None and not self._ema.install_known():
+            # `fit` wrote the EMA weights into the model; nobody measured
+            # them yet.
+            self._done = False
+            self._recalibrate()
+        self._ema = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._done = (epoch + 1) % self.every_n_epochs != 0
+        if self._ema is not None:
+            self._ema.install_known(restore_displaced=True)
 
     def on_test_begin(self, logs=None):
         # Keras runs the epoch's validation through `evaluate` with the
@@ -175,13 +213,25 @@ class PreciseBN(keras.callbacks.Callback):
         if self._in_fit:
             self._recalibrate()
 
+    def on_test_batch_begin(self, batch, logs=None):
+        if self._ema is not None and batch == 0:
+            self._ema.check_evaluated()
+
+    def on_test_end(self, logs=None):
+        if self._ema is not None:
+            self._ema.install_known(restore_displaced=True)
+
     def on_epoch_end(self, epoch, logs=None):
         self._recalibrate()
+        if self._ema is not None:
+            self._ema.install_known()
 
     def _recalibrate(self):
         if self._done:
             return
         self._done = True
+        if self._ema is not None:
+            self._ema.before_recalibration()
         count = recalibrate(
             self.model,
             self.data,
@@ -189,11 +239,105 @@ class PreciseBN(keras.callbacks.Callback):
             verbose=0,
             batch_size=self.batch_size,
         )
+        if self._ema is not None:
+            self._ema.after_recalibration()
         logger.info(
             "PreciseBN: recalibrated %d BN layer(s) after epoch %d.",
             count,
             self._epoch,
         )
+
+
+class _StatisticsOfWeights:
+    """BN statistics that follow the weights swapped in and out of a model.
+
+    Remembers the statistics PreciseBN computed for some weights and the
+    ones they displaced, keyed by a fingerprint of the weights, and puts
+    them back when those weights return (see `PreciseBN`). Fingerprints
+    match within float32 rounding: TensorFlow's `SwapEMAWeights` swaps by
+    additions, which need not give back the same bits.
+    """
+
+    def __init__(self, model):
+        self._model = model
+        self._statistics = [
+            getattr(layer, name)
+            for layer in _walk.batch_norm_layers(model)
+            for name in ("moving_mean", "moving_variance", "moving_stddev")
+            if getattr(layer, name, None) is not None
+        ]
+        self._known = []  # (fingerprint, statistics) pairs
+        self._displaced = None  # statistics of weights not seen yet
+        self._installed = None  # the installed entry of `_known`
+        self._measured = None  # fingerprint of the last recalibration
+        self._warned = False
+
+    def before_recalibration(self):
+        self._displaced = self._snapshot()
+        self._known = []
+
+    def after_recalibration(self):
+        self._measured = _fingerprint(self._model)
+        self._installed = (self._measured, self._snapshot())
+        self._known.append(self._installed)
+
+    def install_known(self, restore_displaced: bool = False) -> bool:
+        """Installs the statistics of the weights now in the model, if known.
+
+        With `restore_displaced`, weights never seen get the statistics
+        the last recalibration displaced (the training weights coming back
+        after `SwapEMAWeights`). Returns whether statistics are known.
+        """
+        if not self._known:
+            return False
+        weights = _fingerprint(self._model)
+        entry = next((e for e in self._known if _same(e[0], weights)), None)
+        if entry is None:
+            if not restore_displaced or self._displaced is None:
+                return False
+            entry = (weights, self._displaced)
+            self._known.append(entry)
+            self._displaced = None
+        if entry is not self._installed:
+            for variable, value in zip(self._statistics, entry[1]):
+                variable.assign(value)
+            self._installed = entry
+        return True
+
+    def check_evaluated(self):
+        if self._warned or self._measured is None:
+            return
+        if not _same(_fingerprint(self._model), self._measured):
+            self._warned = True
+            logger.warning(
+                "PreciseBN recalibrated other weights than the ones being "
+                "evaluated: list keras.callbacks.SwapEMAWeights before "
+                "PreciseBN in `callbacks`, so that PreciseBN measures the "
+                "EMA weights it swaps in."
+            )
+
+    def _snapshot(self):
+        return [keras.ops.convert_to_numpy(v).copy() for v in self._statistics]
+
+
+def _fingerprint(model) -> np.ndarray:
+    """A few values of every trainable variable: tells weight sets apart."""
+    parts = [
+        keras.ops.convert_to_numpy(keras.ops.reshape(v, (-1,))[:16])
+        for v in model.trainable_variables
+    ]
+    return np.concatenate([np.asarray(p, np.float64) for p in parts] or [[]])
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-5, atol=1e-7))
+
+
+def _uses_ema(model) -> bool:
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    optimizers = getattr(optimizer, "optimizers", None) or [optimizer]
+    return any(getattr(o, "use_ema", False) for o in optimizers)
 
 
 def _retrace(model) -> None:

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 import zipfile
 from typing import Optional
 from typing import Sequence
@@ -57,7 +58,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return args.run(args) or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.run(args) or 0
     except KeyboardInterrupt:
         print("frozenbn: error: interrupted", file=sys.stderr)
         return 130
@@ -66,6 +69,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"frozenbn: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Shows frozenbn's own warnings as one line; drops library chatter."""
+    module = getattr(sys.modules.get("frozenbn"), "__file__", "") or ""
+    if os.path.dirname(module) and filename.startswith(os.path.dirname(module)):
+        print(f"frozenbn: warning: {_one_line(message)}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

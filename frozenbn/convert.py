@@ -1,11 +1,14 @@
 """`convert`, `freeze` and `unfreeze`: put frozenbn layers into models."""
 
+import json
+import warnings
 from typing import Callable
 from typing import Optional
 
 import keras
 
 from frozenbn import _checks
+from frozenbn import _clone
 from frozenbn import _walk
 from frozenbn.layers import BatchNormalization
 from frozenbn.layers import Frozen
@@ -74,12 +77,12 @@ def convert(
     _check_convertible(selected)
     if inplace:
         _swap(selected, frozen)
+        _warn_if_config_forgets(model)
         return model
     _check_copyable(model)
-    copy = _copy(model)
-    positions = {id(layer): i for i, layer in enumerate(_walk.iter_layers(model))}
-    copy_layers = list(_walk.iter_layers(copy))
-    _swap([copy_layers[positions[id(layer)]] for layer in selected], frozen)
+    copy, pairs = _clone.copy_model(model)
+    _swap([pairs[id(layer)] for layer in selected], frozen)
+    _warn_if_config_forgets(copy)
     return copy
 
 
@@ -142,21 +145,20 @@ def unfreeze(
 
 def _check_convertible(layers: list) -> None:
     for layer in layers:
-        cls = type(layer)
-        if cls in (_walk.KERAS_BATCH_NORMALIZATION, BatchNormalization):
+        reason = _walk.custom_batch_norm_reason(layer)
+        if reason is None:
             continue
         raise ValueError(
-            f"Cannot convert layer '{layer.name}' of class "
-            f"{cls.__module__}.{cls.__qualname__}: it subclasses "
-            "keras.layers.BatchNormalization, and converting it would drop "
-            "its own behaviour. Skip it with `include=lambda layer: "
-            f"layer.name != '{layer.name}'`, or make {cls.__name__} "
-            "subclass frozenbn.BatchNormalization instead."
+            f"Cannot convert layer '{layer.name}': it is {reason}, and "
+            "converting it would drop its own behaviour. Skip it with "
+            f"`include=lambda layer: layer.name != '{layer.name}'`, or make "
+            f"{type(layer).__name__} subclass frozenbn.BatchNormalization "
+            "instead."
         )
 
 
 def _check_copyable(model: keras.layers.Layer) -> None:
-    if not (isinstance(model, keras.Sequential) or _is_functional(model)):
+    if not _walk.is_graph_model(model):
         raise TypeError(
             "`frozenbn.convert` can copy only Sequential and Functional "
             f"models; '{model.name}' is a {type(model).__name__}, whose "
@@ -165,146 +167,45 @@ def _check_copyable(model: keras.layers.Layer) -> None:
             "first if you need the original), or build it with "
             "`frozenbn.BatchNormalization` layers."
         )
-    if not model.built or not _weights_known(model):
-        raise ValueError(
-            f"Model '{model.name}' is not built, so it has no weights to "
-            "copy yet. Build it first: give it an `Input`, call it on a "
-            "batch, or call `model.build(input_shape)`."
-        )
+    _walk.check_built(model, "convert")
 
 
-def _is_functional(model: keras.layers.Layer) -> bool:
-    # `keras.Model(inputs, outputs)` returns a Functional model; subclassed
-    # models that call `super().__init__(inputs, outputs)` are Functional
-    # too. Both know their graph, which is what copying needs.
-    return hasattr(model, "_operations") and hasattr(model, "_nodes")
+def _warn_if_config_forgets(model: keras.layers.Layer) -> None:
+    """Warns when `model.save` would not record its frozenbn layers.
 
-
-def _weights_known(model: keras.Model) -> bool:
-    return all(layer.built for layer in _walk.iter_layers(model))
-
-
-def _copy(model: keras.Model) -> keras.Model:
-    seeded, clones = {}, []
-    try:
-        copy = keras.models.clone_model(
-            model,
-            clone_function=lambda layer: _clone_layer(layer, seeded, clones),
-            recursive=True,
-        )
-    finally:
-        for clone in clones:
-            del clone.add_weight  # back to the class's method
-    classes = _layer_classes(model)
-    if _layer_classes(copy) != classes:
-        # `clone_model` rebuilds Functional subclasses (keras-hub backbones
-        # and task models) as plain Functional models; their own config
-        # keeps the class.
-        copy, seeded = _copy_from_config(model), {}
-    source, target = model.weights, copy.weights
-    mismatch = _first_mismatch(
-        classes + [(w.name, w.shape) for w in source],
-        _layer_classes(copy) + [(w.name, w.shape) for w in target],
-    )
-    if mismatch:
-        raise RuntimeError(
-            f"Copying model '{model.name}' did not reproduce its layers and "
-            f"weights ({mismatch}): a layer's config does not rebuild it. "
-            "Convert it in place with `frozenbn.convert(model, "
-            "inplace=True)` instead."
-        )
-    for src, dst in zip(source, target):
-        if seeded.get(id(dst)) is not src:
-            dst.assign(_fresh_copy(src))
-    _copy_trainable_flags(model, copy)
-    if getattr(model, "compiled", False) and not copy.compiled:
-        copy.compile_from_config(model.get_compile_config())
-    return copy
-
-
-def _copy_from_config(model: keras.Model) -> keras.Model:
-    try:
-        return keras.saving.deserialize_keras_object(
-            keras.saving.serialize_keras_object(model)
-        )
-    except Exception as error:
-        raise RuntimeError(
-            f"Copying model '{model.name}' of class {type(model).__name__} "
-            f"failed: its config does not rebuild it ({error}). Register the "
-            "class with `keras.saving.register_keras_serializable`, or "
-            "convert it in place with `frozenbn.convert(model, "
-            "inplace=True)`."
-        ) from error
-
-
-def _clone_layer(
-    layer: keras.layers.Layer, seeded: dict, clones: list
-) -> keras.layers.Layer:
-    """A layer from `layer`'s config whose weights start as `layer`'s.
-
-    Building a clone runs every weight's initializer only for `_copy` to
-    overwrite the result; for large models that is most of the time. While
-    the clone builds, each weight it creates under a name that `layer` has
-    (with the same shape) is initialized from `layer`'s value instead, and
-    recorded in `seeded` (id of new variable -> source variable). Weights
-    that do not match are left to `_copy`, which assigns them afterwards.
-    The patched `add_weight` is an instance attribute listed in `clones`
-    for `_copy` to remove.
+    Models whose config lists their layers (Sequential, Functional,
+    `keras.applications`) save each layer's class, so a `.keras` file
+    loads with frozenbn layers again. Models whose config holds only
+    constructor arguments (keras-hub backbones and task models, many
+    subclassed models) rebuild their layers from code when they load, with
+    Keras's BatchNormalization: same weights, same inference outputs, but
+    batch statistics again in `fit`.
     """
-    clone = layer.__class__.from_config(layer.get_config())
-    own = {}
-    for variable in layer.weights:
-        own.setdefault(variable.name, []).append(variable)
-    add_weight = clone.add_weight
-
-    def seeding_add_weight(*args, **kwargs):
-        name = kwargs.get("name")
-        candidates = own.get(name, [])
-        shape = kwargs.get("shape", args[0] if args else None)
-        if len(candidates) != 1 or tuple(shape or ()) != tuple(
-            candidates[0].shape
-        ):
-            return add_weight(*args, **kwargs)
-        source = candidates[0]
-        kwargs["initializer"] = lambda shape, dtype=None: _fresh_copy(source)
-        variable = add_weight(*args, **kwargs)
-        seeded[id(variable)] = source
-        return variable
-
-    clone.add_weight = seeding_add_weight
-    clones.append(clone)
-    return clone
-
-
-def _fresh_copy(variable):
-    # A real copy: on JAX `assign` would otherwise share the buffer, and
-    # `fit` on the copy donates (deletes) it under the original.
-    return keras.ops.copy(variable.value)
-
-
-def _first_mismatch(expected: list, got: list) -> str:
-    for a, b in zip(expected, got):
-        if a != b:
-            return f"expected {a}, got {b}"
-    if len(expected) != len(got):
-        return f"expected {len(expected)} layers and weights, got {len(got)}"
-    return ""
-
-
-def _layer_classes(model: keras.Model) -> list:
-    # Classes, not names: a clone renames its inputs and the sublayers that
-    # custom layers create without explicit names. Same classes at the same
-    # positions is what the position mapping in `convert` relies on.
-    return [type(layer).__name__ for layer in _walk.iter_layers(model)]
-
-
-def _copy_trainable_flags(model: keras.Model, copy: keras.Model) -> None:
-    for src, dst in zip(_walk.iter_layers(model), _walk.iter_layers(copy)):
-        # Set the private flag so that a container's setter does not
-        # overwrite what its sublayers say; variables follow their layer.
-        dst._trainable = src._trainable
-    for src, dst in zip(model.weights, copy.weights):
-        dst.trainable = src.trainable
+    ours = [
+        layer
+        for layer in _walk.iter_layers(model)
+        if isinstance(layer, BatchNormalization)
+    ]
+    if not ours:
+        return
+    try:
+        config = json.dumps(keras.saving.serialize_keras_object(model))
+    except Exception:  # noqa: BLE001 - unserializable: not ours to report
+        return
+    recorded = config.count('"registered_name": "frozenbn>BatchNormalization"')
+    if recorded >= len(ours):
+        return
+    warnings.warn(
+        f"Model '{model.name}' ({type(model).__name__}) rebuilds its layers "
+        "from constructor arguments when it is loaded, so a saved file does "
+        f"not record that {len(ours) - recorded} of its BatchNormalization "
+        "layers are frozenbn's. After `keras.models.load_model`, call "
+        "`frozenbn.convert(model, inplace=True)` again, or load it inside "
+        "`with frozenbn.patch(): ...`. (Weights and inference outputs are "
+        "saved exactly either way.)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _swap(layers: list, frozen: bool) -> None:

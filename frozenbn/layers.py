@@ -1,23 +1,42 @@
 """Frozen-statistics BatchNormalization and the `Frozen` inference wrapper."""
 
+import contextlib
 import contextvars
 import numbers
 from typing import Any
+from typing import Iterator
 from typing import Optional
 
 import keras
 
 from frozenbn import _checks
+from frozenbn import _native
 
 _PACKAGE = "frozenbn"
 
-# Keras's own class, taken at import: inside a `frozenbn.patch` block the
-# name `keras.layers.BatchNormalization` points to frozenbn's subclass.
+# Keras's own class, taken at import.
 KERAS_BATCH_NORMALIZATION = keras.layers.BatchNormalization
 
-# The `frozen` of layers built without one: False, or the value of the
-# enclosing `frozenbn.patch` block (per thread and context).
-DEFAULT_FROZEN = contextvars.ContextVar("frozenbn_default_frozen", default=False)
+# Inside a `frozenbn.patch(frozen=...)` block (per thread and context): that
+# `frozen` value, which Keras BatchNormalization constructions build
+# frozenbn layers with and which frozenbn layers built without one take.
+# `None` outside any block: Keras builds its own class, and frozenbn layers
+# default to `frozen=False`.
+DEFAULT_FROZEN = contextvars.ContextVar("frozenbn_default_frozen", default=None)
+
+
+@contextlib.contextmanager
+def keras_classes() -> Iterator[None]:
+    """Within the block, Keras BatchNormalization builds Keras's own class.
+
+    frozenbn's tools copy layers from their configs; inside a user's
+    `frozenbn.patch` block they must still get the class they copy.
+    """
+    token = DEFAULT_FROZEN.set(None)
+    try:
+        yield
+    finally:
+        DEFAULT_FROZEN.reset(token)
 
 
 def _frozen_property(doc: str) -> property:
@@ -30,6 +49,27 @@ def _frozen_property(doc: str) -> property:
         self._frozen = _checks.check_bool("frozen", value)
 
     return property(get, set, doc=doc)
+
+
+# The version of the configs that `get_config` writes. A config without one
+# predates versioning and means version 1; a newer version than this one was
+# written by a newer frozenbn, whose meaning this version cannot know.
+CONFIG_VERSION = 1
+
+
+def _check_config_version(class_name: str, version) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(
+            f"Invalid `config_version` {version!r} in a {class_name} config; "
+            "expected a positive int written by frozenbn."
+        )
+    if version > CONFIG_VERSION:
+        raise ValueError(
+            f"This {class_name} config has config_version {version}, written "
+            "by a newer frozenbn; this version reads configs up to version "
+            f"{CONFIG_VERSION}. Upgrade frozenbn (pip install -U frozenbn) "
+            "to load it."
+        )
 
 
 def _check_axis(axis) -> None:
@@ -92,19 +132,18 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     Speed and exactness: the forward pass of a frozen layer is always
     Keras's own inference op, so its outputs are bit-exact in every mode.
     Training gamma and beta costs two extra reductions over the activations
-    in the backward pass. On the TensorFlow backend, a frozen layer whose
-    gamma or beta is trainable (no mask, no renorm, float32 compute,
-    channels last or 4D channels first) therefore takes its gradients from
-    TensorFlow's fused inference-mode kernel (`FusedBatchNormGradV2`),
-    which computes the gradients of the inputs, gamma and beta in one pass;
-    they equal autodiff of the Keras op up to float32 rounding (about 1e-7
-    relative). We measured and rejected the fused forward kernel: it is no
-    faster forward and differs from Keras by up to 8 ulps (2e-6 on outputs
-    of size 4). On a 2-core CPU this makes a ResNet50 64x64 batch-32
-    training step 3-16% faster than autodiff (median under load / fastest
-    samples), still a little slower than Keras `trainable=False`, which
-    computes no gamma/beta gradients at all (`benchmarks/speed.py`). JAX
-    (XLA fuses the reductions) and torch use the Keras op as is.
+    in the backward pass. On the TensorFlow and torch backends, a frozen
+    layer whose gamma or beta is trainable (no mask, no renorm, float32
+    compute, channels last or 4D channels first) therefore takes its
+    gradients from the backend's fused inference-mode kernel
+    (TensorFlow's `FusedBatchNormGradV2`, torch's
+    `native_batch_norm_backward`), which computes the gradients of the
+    inputs, gamma and beta in one pass; they equal autodiff of the Keras op
+    up to float32 rounding. On JAX, XLA fuses autodiff's reductions. The
+    fused forward kernel was measured and rejected: no faster, and not
+    bit-exact. Measured speed-ups are in docs/benchmarks.md; for the cost of
+    the BN-folded network while still training gamma/beta, see
+    `frozenbn.fuse`.
 
     Args:
         frozen: Python bool. If `True`, normalize with the moving statistics
@@ -129,7 +168,8 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     >>> x = np.random.rand(4, 3).astype("float32")
     >>> train_out = bn(x, training=True)
     >>> infer_out = bn(x, training=False)
-    >>> bool(np.array_equal(train_out, infer_out))
+    >>> bool(np.array_equal(keras.ops.convert_to_numpy(train_out),
+    ...                      keras.ops.convert_to_numpy(infer_out)))
     True
 
     Reference:
@@ -141,12 +181,10 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     def __init__(
         self, *args: Any, frozen: Optional[bool] = None, **kwargs: Any
     ) -> None:
-        # `config_version` is written by `get_config` so that future versions
-        # can migrate old configs; version 1 needs no migration.
-        kwargs.pop("config_version", None)
+        _check_config_version(type(self).__name__, kwargs.pop("config_version", 1))
         _check_axis(kwargs.get("axis", args[0] if args else -1))
         super().__init__(*args, **kwargs)
-        self.frozen = DEFAULT_FROZEN.get() if frozen is None else frozen
+        self.frozen = bool(DEFAULT_FROZEN.get()) if frozen is None else frozen
 
     frozen = _frozen_property(
         "Whether the layer always uses (and never updates) its statistics."
@@ -166,8 +204,16 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"frozen": self.frozen, "config_version": 1})
+        config.update({"frozen": self.frozen, "config_version": CONFIG_VERSION})
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Checked here too: Keras wraps errors raised in `__init__` into a
+        # generic deserialization `TypeError`.
+        config = dict(config)
+        _check_config_version(cls.__name__, config.pop("config_version", 1))
+        return super().from_config(config)
 
     # Whether frozen calls may take their gradient from TensorFlow's fused
     # kernel. A private switch for tests and benchmarks: `False` leaves the
@@ -177,15 +223,17 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     def _fused_gradient_layout(self, inputs):
         """`"last"`, `"first"` or None: whether and how to fuse the gradient.
 
-        The fused gradient kernel (`FusedBatchNormGradV2` in inference mode)
-        takes NHWC float32 data, so channels-last inputs of any rank are
-        viewed as `(-1, 1, 1, C)` and 4D channels-first inputs transposed.
+        The fused gradient kernels (TensorFlow's `FusedBatchNormGradV2` and
+        torch's `native_batch_norm_backward`, in inference mode) take float32
+        data with one channel axis, so channels-last inputs of any rank are
+        viewed as `(-1, C)` and 4D channels-first inputs taken as they are
+        (TensorFlow transposes them).
         It pays off only when gamma or beta is trained: otherwise autodiff
         computes the gradient of `inputs` alone, which is less work.
         """
         if not self._use_fused_gradient or self.renorm:
             return None
-        if keras.config.backend() != "tensorflow":
+        if keras.config.backend() not in _native.NATIVE_BACKENDS:
             return None
         if not (self.trainable and (self.scale or self.center)):
             return None
@@ -202,75 +250,18 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
         return None
 
     def _frozen_call_fused_gradient(self, inputs, layout):
-        import tensorflow as tf  # noqa: PLC0415 (TensorFlow backend only)
-
         # As in Keras BN: float16/bfloat16 inputs are computed in float32.
-        x = keras.ops.cast(inputs, "float32")
-        mean = keras.ops.cast(self.moving_mean, "float32")
-        variance = keras.ops.cast(self.moving_variance, "float32")
-        ones = keras.ops.ones_like(mean)
-        gamma = keras.ops.cast(self.gamma, "float32") if self.scale else ones
-        beta = keras.ops.cast(self.beta, "float32") if self.center else None
-        if beta is None:
-            beta = keras.ops.zeros_like(mean)
-        axis, epsilon = self.axis, self.epsilon
-        scale, center = self.scale, self.center
-
-        @tf.custom_gradient
-        def normalize(x, gamma, beta, mean, variance):
-            # Forward: Keras's own inference op, so outputs are bit-exact.
-            y = keras.ops.batch_normalization(
-                x,
-                mean,
-                variance,
-                axis=axis,
-                offset=beta if center else None,
-                scale=gamma if scale else None,
-                epsilon=epsilon,
-            )
-
-            def grad(dy):
-                dx, dgamma, dbeta = _fused_frozen_gradient(
-                    tf, dy, x, gamma, mean, variance, epsilon, layout
-                )
-                return dx, dgamma, dbeta, None, None
-
-            return y, grad
-
-        outputs = normalize(x, gamma, beta, mean, variance)
+        outputs = _native.frozen_batch_norm(
+            keras.ops.cast(inputs, "float32"),
+            keras.ops.cast(self.gamma, "float32") if self.scale else None,
+            keras.ops.cast(self.beta, "float32") if self.center else None,
+            keras.ops.cast(self.moving_mean, "float32"),
+            keras.ops.cast(self.moving_variance, "float32"),
+            axis=self.axis,
+            epsilon=self.epsilon,
+            layout=layout,
+        )
         return keras.ops.cast(outputs, self.compute_dtype)
-
-
-def _fused_frozen_gradient(tf, dy, x, gamma, mean, variance, epsilon, layout):
-    """Gradients of inference-mode BN for x, gamma and beta, in one kernel.
-
-    `dx = dy * gamma * rsqrt(variance + epsilon)`,
-    `dgamma = sum(dy * (x - mean) * rsqrt(variance + epsilon))` and
-    `dbeta = sum(dy)`, summed over every axis but the channel axis.
-    """
-    shape = tf.shape(x)
-    if layout == "first":
-        dy = tf.transpose(dy, (0, 2, 3, 1))
-        x = tf.transpose(x, (0, 2, 3, 1))
-    else:
-        channels = x.shape[-1]
-        dy = tf.reshape(dy, (-1, 1, 1, channels))
-        x = tf.reshape(x, (-1, 1, 1, channels))
-    dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV2(
-        y_backprop=dy,
-        x=x,
-        scale=gamma,
-        reserve_space_1=mean,
-        reserve_space_2=variance,
-        epsilon=epsilon,
-        data_format="NHWC",
-        is_training=False,
-    )
-    if layout == "first":
-        dx = tf.transpose(dx, (0, 3, 1, 2))
-    else:
-        dx = tf.reshape(dx, shape)
-    return dx, dgamma, dbeta
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -281,9 +272,13 @@ class Frozen(keras.layers.Wrapper):
     outer `training` is: BatchNormalization layers normalize with their
     moving statistics and do not update them, Dropout is off. The wrapped
     weights keep their own `trainable` setting, so gamma/beta and kernels are
-    still fine-tuned by `fit()`. This is the Keras transfer-learning guide's
-    `base_model(x, training=False)` as a reusable, serializable layer that
-    also works in `Sequential` models.
+    still fine-tuned by `fit()`. This is what the Keras transfer-learning
+    guide's `base_model(x, training=False)` means, as a reusable,
+    serializable layer that also works in `Sequential` models, and one that
+    holds in `fit`: Keras 3 replaces a `training=False` recorded in a
+    Functional graph with `fit`'s `training=True` (measured with Keras
+    3.15), while the wrapper passes `training=False` from inside its own
+    call.
 
     With `frozen=False` the outer `training` value is passed through
     unchanged; `None` stays `None` (it is never forced to `True`, so
@@ -342,11 +337,13 @@ class Frozen(keras.layers.Wrapper):
 
     def get_config(self):
         config = super().get_config()
-        config["frozen"] = self.frozen
+        config.update({"frozen": self.frozen, "config_version": CONFIG_VERSION})
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         # `Wrapper.from_config` pops "layer" from the dict it is given; work
         # on a copy so the caller's config stays intact.
-        return super().from_config(dict(config), custom_objects=custom_objects)
+        config = dict(config)
+        _check_config_version(cls.__name__, config.pop("config_version", 1))
+        return super().from_config(config, custom_objects=custom_objects)

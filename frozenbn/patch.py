@@ -4,38 +4,47 @@ import contextlib
 import threading
 from typing import Iterator
 
-import keras
-from keras.src import layers as _keras_src_layers
-
 from frozenbn import _checks
 from frozenbn import layers as _layers
 
-# Where model-building code looks the class up: the public `keras.layers`
-# (user code, keras-hub) and Keras's own `keras.src.layers`
-# (`keras.applications`).
-_MODULES = (keras.layers, _keras_src_layers)
-_LOCK = threading.RLock()
+_KERAS_BN = _layers.KERAS_BATCH_NORMALIZATION
+_LOCK = threading.Lock()
+_ACTIVE = [0]  # open blocks, over all threads
+
+
+def _build_frozenbn_when_patched(cls, *args, **kwargs):
+    # Installed as `keras.layers.BatchNormalization.__new__` while a block
+    # is open anywhere. Only constructions of Keras's exact class, in a
+    # context inside a block, build frozenbn's subclass instead; Python
+    # then runs frozenbn's `__init__` with the same arguments.
+    if cls is _KERAS_BN and _layers.DEFAULT_FROZEN.get() is not None:
+        cls = _layers.BatchNormalization
+    return super(_KERAS_BN, cls).__new__(cls, *args, **kwargs)
 
 
 @contextlib.contextmanager
 def patch(frozen: bool = True) -> Iterator[None]:
-    """Within the block, `keras.layers.BatchNormalization` is frozenbn's.
+    """Within the block, Keras BatchNormalization layers are built as frozenbn's.
 
-    Every BatchNormalization built inside the block — by your code,
-    `keras.applications` or a library that uses `keras.layers` — is a
-    `frozenbn.BatchNormalization` with `frozen` as given, so a backbone has
-    frozenbn layers from the start and pretrained weights load into them as
-    usual (same weight names and order). On exit, also when the block
-    raises, `keras.layers.BatchNormalization` is Keras's class again;
-    layers built inside keep their class.
+    Every `keras.layers.BatchNormalization(...)` constructed inside the
+    block — by your code, `keras.applications`, keras-hub, a class bound
+    before the block (`from keras.layers import BatchNormalization`, a
+    default argument), or `keras.models.load_model` — is a
+    `frozenbn.BatchNormalization` with `frozen` as given. A backbone thus
+    has frozenbn layers from the start, and pretrained weights load into
+    them as usual (same weight names and order). Subclasses of Keras
+    BatchNormalization (your own BN classes) are built as they are.
 
-    Threads: the swap of the module attribute is process-wide, and blocks
-    in different threads run one at a time (a lock). The `frozen` default
-    is per thread and per context: a thread that does not enter `patch`
-    but builds a BatchNormalization while another thread is inside a block
-    gets a frozenbn layer with `frozen=False`, which computes exactly what
-    Keras's layer computes but saves under frozenbn's class name. Build
-    models from one thread while a block is open if that matters.
+    Use it to reload a converted keras-hub model: such models rebuild
+    their layers from constructor arguments when loaded, so a `.keras` file
+    does not record which BN layers were frozenbn's.
+
+    The switch is per thread and per context (a `contextvars` value): code
+    running in another thread while a block is open builds Keras's own
+    class. Blocks nest; the innermost `frozen` applies. frozenbn's own
+    tools (`convert`, `fold`, ...) copy layers with the classes they have,
+    also inside a block. `keras.layers.BatchNormalization` itself stays
+    Keras's class: `isinstance` checks work as before.
 
     Args:
         frozen: Python bool, the `frozen` value of the layers built in the
@@ -48,20 +57,22 @@ def patch(frozen: bool = True) -> Iterator[None]:
     ...     base = keras.applications.ResNet50(
     ...         weights=None, include_top=False, input_shape=(32, 32, 3))
     >>> bn = base.get_layer("conv1_bn")
-    >>> isinstance(bn, frozenbn.BatchNormalization), bn.frozen
-    (True, True)
-    >>> keras.layers.BatchNormalization is frozenbn.BatchNormalization
-    False
+    >>> type(bn).__module__, bn.frozen
+    ('frozenbn.layers', True)
+    >>> type(keras.layers.BatchNormalization()).__module__  # after the block
+    'keras.src.layers.normalization.batch_normalization'
     """
     _checks.check_bool("frozen", frozen)
     with _LOCK:
-        saved = [(module, module.BatchNormalization) for module in _MODULES]
-        token = _layers.DEFAULT_FROZEN.set(frozen)
-        try:
-            for module, _ in saved:
-                module.BatchNormalization = _layers.BatchNormalization
-            yield
-        finally:
-            for module, original in saved:
-                module.BatchNormalization = original
-            _layers.DEFAULT_FROZEN.reset(token)
+        if _ACTIVE[0] == 0:
+            _KERAS_BN.__new__ = staticmethod(_build_frozenbn_when_patched)
+        _ACTIVE[0] += 1
+    token = _layers.DEFAULT_FROZEN.set(frozen)
+    try:
+        yield
+    finally:
+        _layers.DEFAULT_FROZEN.reset(token)
+        with _LOCK:
+            _ACTIVE[0] -= 1
+            if _ACTIVE[0] == 0:
+                del _KERAS_BN.__new__

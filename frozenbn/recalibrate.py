@@ -3,24 +3,17 @@
 import logging
 from typing import Any
 from typing import Callable
-from typing import Dict
 from typing import Optional
 
 import keras
 import numpy as np
-from keras import ops
 
 from frozenbn import _checks
 from frozenbn import _data
-from frozenbn import _math
+from frozenbn import _stats
 from frozenbn import _walk
-from frozenbn.layers import Frozen
 
 logger = logging.getLogger(__name__)
-
-# How each patched BN layer normalizes during a statistics pass.
-BATCH = "batch"  # with the current batch's statistics (BN in `fit`)
-AS_IN_FIT = "as_in_fit"  # batch or moving statistics, as `fit` would
 
 
 def recalibrate(
@@ -59,28 +52,58 @@ def recalibrate(
     normalization upstream differs from normalization by the population
     statistics (Wu and Johnson, Sec. 3).
 
+    One compiled pass: each batch runs through one compiled step
+    (`tf.function` on TensorFlow, `jax.jit` on JAX; on torch the model runs
+    without autograd, with BN statistics and normalization from one fused
+    kernel) that pools the moments on the device; nothing is copied to the
+    host until the pass ends. The compiled step is cached on the model, so
+    later calls (`callbacks.PreciseBN` every epoch) do not trace again. A
+    model whose layers cannot be traced (a `call` that goes through NumPy)
+    runs eagerly instead, with a warning that gives the reason; so does a
+    model compiled with `run_eagerly=True`.
+
     Pooling is exact: batches are weighted by their number of positions
     (samples times spatial size, or unmasked positions for masked inputs),
     the variance includes the between-batch spread (law of total
-    variance), and unequal batches (a smaller last batch) are handled, see
-    `frozenbn._math.PooledMoments`. A layer called several times per
-    forward pass pools all its calls. Batch Renormalization layers get
+    variance, Chan's update, see `frozenbn._math.pool_moments`; never a
+    mean of means), unequal batches (a smaller last batch) are handled, and
+    the moments are taken about a value of the data, so float32 loses
+    nothing when `|mean| >> std`. A layer called several times per forward
+    pass pools all its calls. Batch Renormalization layers get
     `moving_stddev = sqrt(variance + epsilon)` so that Keras's derived
     `moving_variance` stays consistent; their training-time `renorm_mean`
     and `renorm_stddev` are left as they are.
+
+    Which layers: every `keras.layers.BatchNormalization` and
+    `frozenbn.BatchNormalization` that `include` selects and the forward
+    pass calls. A BN layer the forward pass never calls (some keras-hub
+    models keep such sublayers) has no statistics to take: it is left as
+    it is and named in a warning (logger `frozenbn.recalibrate`), and not
+    counted in the return value. A custom subclass of BatchNormalization is
+    skipped with a warning too, as `convert` refuses it and `fold` leaves
+    it: its own `call` may do more than BN, which the measuring pass would
+    not reproduce; it runs its own `call`, in inference mode.
 
     Only the moving statistics of the selected layers change. Nothing else
     of the model is modified: the pass does not go through the layers'
     own training branch (no momentum update, no optimizer, no `trainable`
     or `frozen` change); each BN layer's `call` is temporarily replaced on
     the instance and restored in a `finally` block, and if the pass fails
-    no statistic is written. A compiled model needs no recompiling: the
-    new values are read from the variables.
+    (including NaN or inf statistics, found when the pass ends) no
+    statistic is written. A compiled model needs no recompiling: the new
+    values are read from the variables.
 
-    Under a `tf.distribute` strategy, call it outside `strategy.run` (as
-    here, in cross-replica context): the pass runs on whole batches, which
-    gives the statistics reduced over all replicas exactly, and the
-    assignment to mirrored variables updates every replica.
+    Data parallelism (see docs/distributed.md): call it outside
+    `strategy.run`, on every worker, each with its own data (its shard).
+    Under a `tf.distribute` strategy (Mirrored, MultiWorkerMirrored) each
+    batch is split over this worker's replicas, every replica normalizes
+    its share as in `fit` (the global batch for `synchronized=True`
+    layers), and the pooled moments of all replicas of all workers are
+    all-reduced, so every worker writes the statistics of the union of the
+    shards. Under a `keras.distribution` (JAX DataParallel, one or several
+    processes) each process's batch is its part of a global batch, as in
+    `fit`; every process must then give the same number of batches of the
+    same size.
 
     Args:
         model: A Keras model (Functional, Sequential or subclassed) or layer.
@@ -98,7 +121,9 @@ def recalibrate(
             they are (in inference mode). Defaults to all.
 
     Returns:
-        The number of BN layers whose statistics were replaced.
+        The number of BN layers whose statistics were replaced (layers
+        never called and custom subclasses, named in warnings, are not
+        counted).
 
     Raises:
         TypeError: `model` is not a Keras layer, or `data` has a wrong type.
@@ -125,86 +150,57 @@ def recalibrate(
     """
     _checks.check_is_layer(model, "recalibrate")
     _checks.check_verbose(verbose)
-    layers = _walk.batch_norm_layers(model, include)
-    if not layers:
+    layers, skipped = _stats.split_measurable(
+        _walk.batch_norm_layers(model, include)
+    )
+    for layer, reason in skipped:
         logger.warning(
-            "recalibrate: model '%s' has no BatchNormalization layer "
-            "to recalibrate.",
-            model.name,
+            "recalibrate: skipped BatchNormalization layer '%s', %s; its "
+            "statistics are left unchanged.",
+            layer.name,
+            reason,
         )
+    if not layers:
+        if not skipped:
+            logger.warning(
+                "recalibrate: model '%s' has no BatchNormalization layer "
+                "to recalibrate.",
+                model.name,
+            )
         return 0
 
-    pooled = PooledStatistics(layers)
     batches = _data.iter_batches(data, steps=steps, batch_size=batch_size)
     target = _data.count_steps(data, steps=steps, batch_size=batch_size)
     progbar = keras.utils.Progbar(target, verbose=verbose, unit_name="step")
-    with StatisticsPass(layers, pooled, mode=BATCH):
+    with _stats.StatisticsPass(model, layers, mode=_stats.BATCH) as stats:
         for step, x in enumerate(batches, start=1):
-            pooled.batch = step - 1
-            model(x)
+            stats.step(x)
             progbar.update(step)
+        pooled = stats.result()
 
-    updated = 0
-    for layer in layers:
-        stats = pooled[layer]
-        if stats.mean is None:
-            logger.warning(
-                "recalibrate: BatchNormalization layer '%s' was not called "
-                "on the data; its statistics are left unchanged.",
-                layer.name,
-            )
-            continue
-        _assign_statistics(layer, stats.mean, stats.variance)
-        updated += 1
-    logger.info(
-        "recalibrate: replaced the moving statistics of %d BN layer(s) of "
-        "'%s' with population statistics over %d sample position(s).",
-        updated,
-        model.name,
-        int(max(pooled[layer].count for layer in layers)),
-    )
-    return updated
-
-
-class PooledStatistics:
-    """The sink of a `StatisticsPass`: pooled moments per BN layer.
-
-    Rejects non-finite statistics (see `check_finite_statistics`), naming
-    the batch in `batch`, which the caller advances. `self[layer]` is that
-    layer's `frozenbn._math.PooledMoments`. Shared by `recalibrate` and
-    `audit`.
-    """
-
-    def __init__(self, layers):
-        self._pooled = {id(layer): _math.PooledMoments() for layer in layers}
-        self.batch = 0
-
-    def __call__(self, layer, mean, var, count) -> None:
-        mean, var = ops.convert_to_numpy(mean), ops.convert_to_numpy(var)
-        check_finite_statistics(layer, mean, var, self.batch)
-        self._pooled[id(layer)].update(mean, var, ops.convert_to_numpy(count))
-
-    def __getitem__(self, layer) -> _math.PooledMoments:
-        return self._pooled[id(layer)]
-
-
-def check_finite_statistics(layer, mean, var, batch: int) -> None:
-    """Raises a `ValueError` naming `layer` if its batch moments are not finite.
-
-    NaN or inf inputs (or activations that overflow) would otherwise turn
-    the pooled statistics into NaN, and every later prediction with them.
-    The check runs during the pass, before anything is written, so the
-    model is left unchanged.
-    """
-    if np.all(np.isfinite(mean)) and np.all(np.isfinite(var)):
-        return
-    raise ValueError(
-        f"Batch {batch} of the data gives non-finite statistics (NaN or "
-        f"inf) at BatchNormalization layer '{layer.name}': the data or the "
-        "activations before that layer contain NaN or inf values (check "
-        "with `np.isfinite(x).all()`), or overflow the layer's dtype. No "
-        "statistics were changed."
-    )
+    called = [layer for layer in layers if pooled.called(layer)]
+    uncalled = [layer.name for layer in layers if not pooled.called(layer)]
+    if uncalled:
+        logger.warning(
+            "recalibrate: %d BatchNormalization layer(s) of '%s' are never "
+            "called by its forward pass, so their statistics are left "
+            "unchanged: %s.",
+            len(uncalled),
+            model.name,
+            ", ".join(f"'{name}'" for name in uncalled),
+        )
+    for layer in called:
+        stats_of_layer = pooled[layer]
+        _assign_statistics(layer, stats_of_layer.mean, stats_of_layer.variance)
+    if called:
+        logger.info(
+            "recalibrate: replaced the moving statistics of %d BN layer(s) "
+            "of '%s' with population statistics over %d sample position(s).",
+            len(called),
+            model.name,
+            int(max(pooled[layer].count for layer in called)),
+        )
+    return len(called)
 
 
 def _assign_statistics(layer, mean: np.ndarray, var: np.ndarray) -> None:
@@ -216,121 +212,3 @@ def _assign_statistics(layer, mean: np.ndarray, var: np.ndarray) -> None:
     if getattr(layer, "renorm", False):
         # Keras derives moving_variance = relu(moving_stddev**2 - epsilon).
         assign(layer.moving_stddev, np.sqrt(var + layer.epsilon))
-
-
-def uses_batch_statistics_in_fit(model: keras.layers.Layer) -> Dict[int, bool]:
-    """For each BN layer id: does `fit` normalize it with batch statistics?
-
-    False for `frozen=True` frozenbn layers, `trainable=False` layers (the
-    Keras rule) and layers inside an active `frozenbn.Frozen` wrapper. A
-    `training=False` recorded in a Functional graph is seen at call time.
-    """
-    forced = set()
-    for layer in _walk.iter_layers(model):
-        if isinstance(layer, Frozen) and layer.frozen:
-            forced.update(id(bn) for bn in _walk.batch_norm_layers(layer))
-    return {
-        id(bn): bool(
-            bn.trainable
-            and not getattr(bn, "frozen", False)
-            and id(bn) not in forced
-        )
-        for bn in _walk.batch_norm_layers(model)
-    }
-
-
-class StatisticsPass:
-    """Temporarily routes BN layers through a measuring `call`.
-
-    Inside the `with` block each given layer's `call` is replaced, on the
-    instance only, by one that hands the per-channel moments of its input
-    (`frozenbn._math.batch_moments`) to `sink(layer, mean, var, count)` and
-    normalizes:
-
-    - `mode=BATCH`: always with the batch's statistics;
-    - `mode=AS_IN_FIT`: with the batch's statistics where `fit` would
-      (see `uses_batch_statistics_in_fit`) unless the call receives
-      `training=False`, otherwise with the moving statistics.
-
-    The layer's variables are never written. The original `call` is put
-    back on exit, even after an error. Call the model with `training`
-    unset, so that other layers run in inference mode. Private to frozenbn
-    (used by `recalibrate` and `audit`).
-    """
-
-    def __init__(self, layers, sink, mode: str = BATCH, batch_in_fit=None):
-        self._layers = list(layers)
-        self._sink = sink
-        self._mode = mode
-        self._batch_in_fit = batch_in_fit or {}
-        self._saved = []
-
-    def __enter__(self):
-        try:
-            for layer in self._layers:
-                self._saved.append((layer, layer.__dict__.get("call")))
-                _set_call(layer, self._measuring_call(layer))
-        except BaseException:
-            self._restore()
-            raise
-        return self
-
-    def __exit__(self, *exc_info):
-        self._restore()
-        return False
-
-    def _restore(self):
-        while self._saved:
-            layer, original = self._saved.pop()
-            if original is None:
-                _del_call(layer)
-            else:
-                _set_call(layer, original)
-
-    def _measuring_call(self, layer):
-        sink, mode = self._sink, self._mode
-        batch_in_fit = self._batch_in_fit.get(id(layer), True)
-
-        def call(inputs, training=None, mask=None):
-            if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
-                mask = None  # Keras BN raises here; statistics ignore it.
-            dtype = keras.backend.result_type(inputs.dtype, "float32")
-            x = ops.cast(inputs, dtype)
-            mean, var, count = _math.batch_moments(x, layer.axis, mask)
-            sink(layer, mean, var, count)
-            if mode == BATCH or (batch_in_fit and training is not False):
-                norm_mean, norm_var = ops.cast(mean, dtype), ops.cast(
-                    var, dtype
-                )
-            else:
-                norm_mean = ops.cast(layer.moving_mean, dtype)
-                norm_var = ops.cast(layer.moving_variance, dtype)
-            outputs = ops.batch_normalization(
-                x,
-                norm_mean,
-                norm_var,
-                axis=layer.axis,
-                offset=(
-                    None if layer.beta is None else ops.cast(layer.beta, dtype)
-                ),
-                scale=(
-                    None
-                    if layer.gamma is None
-                    else ops.cast(layer.gamma, dtype)
-                ),
-                epsilon=layer.epsilon,
-            )
-            return ops.cast(outputs, layer.compute_dtype)
-
-        return call
-
-
-def _set_call(layer, fn) -> None:
-    # Bypass Layer.__setattr__'s tracking (and torch.nn.Module's): a plain
-    # instance attribute shadows the class's `call`.
-    object.__setattr__(layer, "call", fn)
-
-
-def _del_call(layer) -> None:
-    if "call" in layer.__dict__:
-        object.__delattr__(layer, "call")

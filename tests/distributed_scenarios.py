@@ -8,6 +8,7 @@ on them. Not collected by pytest (no `test_` prefix).
 """
 
 import json
+import logging
 import os
 import sys
 
@@ -50,6 +51,27 @@ def _data(n=32):
     x = rng.normal(1.5, 2.0, (n, 6, 6, 2)).astype("float32")
     y = rng.normal(0.0, 1.0, (n, 1)).astype("float32")
     return x, y
+
+
+def _calibration_data(n):
+    x = np.random.default_rng(2).normal(-1.0, 3.0, (n, 6, 6, 2))
+    return x.astype("float32")
+
+
+def _values(variable):
+    from keras import ops
+
+    return np.asarray(ops.convert_to_numpy(variable)).tolist()
+
+
+def _statistics(model):
+    return {
+        name: {
+            "mean": _values(model.get_layer(name).moving_mean),
+            "var": _values(model.get_layer(name).moving_variance),
+        }
+        for name in _bn_names(model)
+    }
 
 
 def _bn_names(model):
@@ -136,35 +158,40 @@ def run_tensorflow():
         frozen=False,
     )
 
-    # recalibrate under the strategy vs on one device.
-    with strategy.scope():
-        mirrored = frozenbn.convert(_model(keras, {}))
-    single = frozenbn.convert(_model(keras, {}))
-    xr = np.random.default_rng(2).normal(-1.0, 3.0, (40, 6, 6, 2))
-    xr = xr.astype("float32")
-    out["recalibrated_mirrored"] = frozenbn.recalibrate(
-        mirrored, xr, batch_size=16, verbose=0
-    )
-    out["recalibrated_single"] = frozenbn.recalibrate(
-        single, xr, batch_size=16, verbose=0
-    )
-    out["recalibrate"] = {
-        name: {
-            "mean_replicas": replica_values(
-                mirrored.get_layer(name).moving_mean
-            ),
-            "var_replicas": replica_values(
-                mirrored.get_layer(name).moving_variance
-            ),
-            "mean_single": np.asarray(
-                single.get_layer(name).moving_mean.numpy()
-            ).tolist(),
-            "var_single": np.asarray(
-                single.get_layer(name).moving_variance.numpy()
-            ).tolist(),
+    # recalibrate under the strategy: each replica pools its half of every
+    # batch (normalized as in `fit`, with its own batch statistics; the
+    # global batch's for synchronized layers), all replicas all-reduced.
+    # The reference: one device, batches of one replica's size, which are
+    # the same sets of images (or the global batches, when synchronized).
+    xr = _calibration_data(48)
+    out["recalibrate"] = {}
+    for key, bn_kwargs, reference_batch in (
+        ("per_replica", {}, 8),
+        ("synchronized", {"synchronized": True}, 16),
+    ):
+        with strategy.scope():
+            mirrored = frozenbn.convert(_model(keras, bn_kwargs))
+        single = frozenbn.convert(_model(keras, bn_kwargs))
+        count = frozenbn.recalibrate(mirrored, xr, batch_size=16, verbose=0)
+        frozenbn.recalibrate(single, xr, batch_size=reference_batch, verbose=0)
+        out["recalibrate"][key] = {
+            "count": count,
+            "layers": {
+                name: {
+                    "mean_replicas": replica_values(
+                        mirrored.get_layer(name).moving_mean
+                    ),
+                    "var_replicas": replica_values(
+                        mirrored.get_layer(name).moving_variance
+                    ),
+                    "mean_single": _values(single.get_layer(name).moving_mean),
+                    "var_single": _values(
+                        single.get_layer(name).moving_variance
+                    ),
+                }
+                for name in _bn_names(single)
+            },
         }
-        for name in _bn_names(single)
-    }
     return out
 
 
@@ -249,8 +276,110 @@ def run_jax():
     }
 
 
+# Shards of unequal size (40 and 24 images): pooling weighs by counts.
+SHARDS = ((0, 40), (40, 64))
+
+
+def run_tensorflow_worker(index):
+    """One worker of a 2-worker MultiWorkerMirroredStrategy (TF_CONFIG set
+    by the caller): recalibrates on its own shard; worker 0 also computes
+    the single-process statistics of the union of the shards."""
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    import keras
+
+    import frozenbn
+
+    xr = _calibration_data(64)
+    start, stop = SHARDS[index]
+    with strategy.scope():
+        model = frozenbn.convert(_model(keras, {}))
+    count = frozenbn.recalibrate(model, xr[start:stop], batch_size=8, verbose=0)
+    out = {
+        "workers": strategy.num_replicas_in_sync,
+        "count": count,
+        "statistics": _statistics(model),
+    }
+    if index == 0:
+        # The same batches of 8, all in one process and on one device.
+        single = frozenbn.convert(_model(keras, {}))
+        frozenbn.recalibrate(single, xr, batch_size=8, verbose=0)
+        out["single"] = _statistics(single)
+    return out
+
+
+def run_jax_process(index, port):
+    """One of 2 JAX processes (one CPU device each) under DataParallel:
+    each recalibrates on its shard, whose batches are its halves of the
+    global batches; process 0 also computes the single-process result."""
+    import keras
+
+    keras.distribution.initialize(
+        f"localhost:{port}", num_processes=2, process_id=index
+    )
+    import jax
+
+    import frozenbn
+
+    xr = _calibration_data(64)
+    shard = xr[index * 32 : (index + 1) * 32]
+    distribution = keras.distribution.DataParallel(devices=jax.devices())
+    with distribution.scope():
+        model = frozenbn.convert(_model(keras, {}))
+        count = frozenbn.recalibrate(model, shard, batch_size=8, verbose=0)
+    value = model.get_layer("bn_conv").moving_mean.value
+    out = {
+        "devices": len(jax.devices()),
+        "count": count,
+        "replicated": bool(value.sharding.is_fully_replicated),
+        "statistics": {
+            name: {
+                key: np.asarray(
+                    getattr(model.get_layer(name), variable)
+                    .value.addressable_data(0)
+                ).tolist()
+                for key, variable in (
+                    ("mean", "moving_mean"),
+                    ("var", "moving_variance"),
+                )
+            }
+            for name in _bn_names(model)
+        },
+    }
+    if index == 0:
+        # Global batch b is process 0's batch b followed by process 1's.
+        single = frozenbn.convert(_model(keras, {}))
+        batches = [
+            np.concatenate([xr[b : b + 8], xr[32 + b : 32 + b + 8]])
+            for b in range(0, 32, 8)
+        ]
+        frozenbn.recalibrate(single, iter(batches), verbose=0)
+        out["single"] = _statistics(single)
+    return out
+
+
+class _Warnings(logging.Handler):
+    """Collects frozenbn's warnings (an eager fallback would be one)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 if __name__ == "__main__":
     sys.path.insert(0, REPO)
-    backend = sys.argv[1]
-    result = {"tensorflow": run_tensorflow, "jax": run_jax}[backend]()
+    warnings = _Warnings()
+    logging.getLogger("frozenbn").addHandler(warnings)
+    scenario = sys.argv[1]
+    if scenario == "tensorflow-worker":
+        result = run_tensorflow_worker(int(sys.argv[2]))
+    elif scenario == "jax-process":
+        result = run_jax_process(int(sys.argv[2]), sys.argv[3])
+    else:
+        result = {"tensorflow": run_tensorflow, "jax": run_jax}[scenario]()
+    result["warnings"] = warnings.messages
     print("RESULT " + json.dumps(result))

@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 import frozenbn
+from tests import testing
 from frozenbn.audit import AuditReport
 from frozenbn.audit import audit
 from frozenbn.recalibrate import recalibrate
@@ -169,12 +170,20 @@ def test_frozen_wrapper_and_training_false_in_graph():
     uses = {a.name: a.batch_statistics_in_fit for a in report.layers}
     assert uses == {"inner_bn": False, "outer_bn": True}
 
-    # The Keras transfer-learning recipe `base(x, training=False)`: the
-    # backbone's BN runs on moving statistics in fit, so fit == evaluate.
+    # The Keras transfer-learning recipe `base(x, training=False)`: Keras
+    # 3 hands the call context's `training=True` of `fit` to the nested
+    # model anyway, so its BN normalizes with batch statistics in fit (and
+    # updates them): audit reports what fit does, a gap...
     inputs = keras.Input((6,))
     model = keras.Model(inputs, inner(inputs, training=False))
-    report = audit(model, x)
-    assert report.max_output_diff == 0.0
+    assert audit(model, x).max_output_diff > 1.0
+    before = testing.to_numpy(inner.layers[-1].moving_mean).copy()
+    model(x, training=True)  # what fit's forward pass does
+    assert not np.array_equal(before, testing.to_numpy(inner.layers[-1].moving_mean))
+    # ...which frozenbn.Frozen closes.
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, frozenbn.Frozen(inner)(inputs))
+    assert audit(model, x).max_output_diff == 0.0
 
 
 def test_rejects_bad_arguments():
@@ -188,7 +197,10 @@ def test_rejects_bad_arguments():
         audit(model, iter([]))
 
 
-def test_report_type():
+def test_steps_limit_the_batches_audited():
     model = _two_bn_model()
     x, _ = _data(n=8)
-    assert isinstance(audit(model, x, steps=1), AuditReport)
+    report = audit(model, x, steps=1, batch_size=4)
+    assert isinstance(report, AuditReport)
+    assert (report.steps, report.samples) == (1, 4)
+    assert len(report.layers) == 2

@@ -5,7 +5,9 @@ Each case asserts the error type and message and that the user's model
 of these errors is docs/errors.md.
 """
 
+import logging
 import os
+import re
 
 import keras
 import numpy as np
@@ -173,7 +175,7 @@ class _CustomBN(keras.layers.BatchNormalization):
         return super().call(inputs, training=training, mask=mask) * 2.0
 
 
-def test_unknown_batch_norm_subclasses_are_left_with_reasons():
+def test_unknown_batch_norm_subclasses_are_left_with_reasons(caplog):
     model = keras.Sequential(
         [
             keras.Input((3,)),
@@ -190,15 +192,21 @@ def test_unknown_batch_norm_subclasses_are_left_with_reasons():
     with pytest.raises(ValueError, match=r"_CustomBN"):
         frozenbn.convert(model, inplace=True)
     assert frozenbn.freeze(model) == 0  # not a frozenbn layer: untouched
+    # One policy, one wording: every tool leaves it and says why.
+    reason = (
+        f"a custom BatchNormalization subclass ({__name__}._CustomBN), whose "
+        "own `call` frozenbn does not reinterpret"
+    )
     folded, report = frozenbn.fold(model)
-    assert report.folded == []
-    assert report.left == [
-        (
-            "custom",
-            "custom BatchNormalization subclass _CustomBN, whose inference "
-            "behaviour fold cannot assume",
-        )
-    ]
+    assert report.folded == [] and report.left == [("custom", reason)]
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        frozenbn.convert(model)
+    x = np.ones((2, 3), "float32")
+    with caplog.at_level(logging.WARNING):
+        assert frozenbn.recalibrate(model, x, verbose=0) == 0
+        assert frozenbn.audit(model, x).layers == []
+    assert sum("'custom'" in r.getMessage() and reason in r.getMessage()
+               for r in caplog.records) >= 2
     _assert_unchanged(model, before)
     x = np.ones((2, 3), "float32")
     np.testing.assert_array_equal(
@@ -415,3 +423,20 @@ def test_cli_bad_data_folders_leave_the_model_file_alone(
         assert message.format(path=path) in _error_line(capsys)
     assert _files(workdir) == before
     assert not os.path.exists(out)
+
+
+@pytest.mark.smoke
+def test_configs_from_a_newer_frozenbn_are_refused_not_misread():
+    bn = frozenbn.BatchNormalization(frozen=True)
+    wrapper = frozenbn.Frozen(keras.layers.Dense(2))
+    for layer in (bn, wrapper):
+        config = layer.get_config()
+        assert config["config_version"] == 1
+        newer = dict(config, config_version=2)
+        with pytest.raises(ValueError, match="newer frozenbn.*Upgrade frozenbn"):
+            type(layer).from_config(newer)
+        with pytest.raises(ValueError, match="Invalid `config_version`"):
+            type(layer).from_config(dict(config, config_version="1"))
+        # Configs written before versioning read as version 1.
+        unversioned = {k: v for k, v in config.items() if k != "config_version"}
+        assert type(layer).from_config(unversioned).frozen is True

@@ -21,6 +21,15 @@ from frozenbn import _images
 from tests import testing
 
 
+# Stock's gap at the suite's sizes: evaluate at least 3x fit, twice the
+# 1.5 that every remedy must stay under. After two epochs stock's checkpoint
+# predicts a near-constant, so its evaluate loss saturates at 8.55 and the
+# ratio is 8.55 / fit loss: 10x and more on TensorFlow, 5.4x-5.8x on JAX and
+# torch (fit loss 1.35-1.6), where a machine's rounding moves fit's loss by
+# more than the margin to issue 14's 5x (its bar for the full demo).
+GAP = 3.0
+
+
 def _write_folder(root, sizes=((20, 30), (40, 40)), per_class=3):
     from PIL import Image
 
@@ -173,7 +182,13 @@ def _check_audit_pinpoints_the_gap(path, result):
 
     worst = loss_after_recalibrating(set(names[:5]))
     best = loss_after_recalibrating(set(names[-5:]))
+    # The ranking is the claim: the five worst-ranked layers matter more
+    # than the five best-ranked ones, by a clear margin, and fixing them
+    # lowers the loss. The sizes depend on the backend and the machine:
+    # worst 7.50 and best above 75 from 8.55 on CI's TensorFlow, worst 0.92
+    # and best 8.55 from 8.55 on JAX.
     assert worst * 2 < best, (worst, best, str(report))
+    assert worst < report.inference_loss, (worst, str(report))
 
 
 def test_demo_quick_writes_results(tmp_path, capsys):

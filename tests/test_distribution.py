@@ -9,34 +9,94 @@ its measurements as JSON; the assertions are here.
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+# Under `pytest -n N` one worker runs the whole module
+# (`conftest.SHARED_WORKER_MODULES`), so its module fixtures are built once.
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tests", "distributed_scenarios.py")
 
 
-def _scenario(backend, **env):
-    environ = dict(
+def _environ(backend, **env):
+    return dict(
         os.environ,
         KERAS_BACKEND=backend,
         PYTHONPATH=REPO,
         TF_CPP_MIN_LOG_LEVEL="3",
         **env,
     )
+
+
+def _result(stdout, stderr, returncode):
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    assert returncode == 0 and lines, stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    # No warning from frozenbn: in particular, no eager fallback.
+    assert result["warnings"] == []
+    return result
+
+
+def _scenario(backend, **env):
     run = subprocess.run(
         [sys.executable, SCRIPT, backend],
         capture_output=True,
         text=True,
-        env=environ,
+        env=_environ(backend, **env),
         timeout=300,
     )
-    lines = [l for l in run.stdout.splitlines() if l.startswith("RESULT ")]
-    assert run.returncode == 0 and lines, run.stderr[-4000:]
-    return json.loads(lines[-1][len("RESULT ") :])
+    return _result(run.stdout, run.stderr, run.returncode)
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _processes(backend, scenario, argvs, envs):
+    """Runs one scenario process per argv concurrently; their results."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, SCRIPT, scenario, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_environ(backend, **env),
+        )
+        for argv, env in zip(argvs, envs)
+    ]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [
+        _result(out, err, p.returncode) for (out, err), p in zip(outputs, procs)
+    ]
+
+
+def _assert_statistics_equal(got, expected):
+    assert set(got) == set(expected)
+    for name, stats in got.items():
+        np.testing.assert_allclose(
+            stats["mean"], expected[name]["mean"], rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            stats["var"], expected[name]["var"], rtol=1e-5
+        )
+        # And the statistics really were replaced (they started near 0.3).
+        assert np.max(np.abs(np.asarray(stats["mean"]) - 0.3)) > 0.5
 
 
 def _same_on_all(replicas):
@@ -107,18 +167,55 @@ def test_mirrored_synchronized_layers_frozen_and_unfrozen(tf_result):
         assert moved.max() > 1e-3
 
 
-def test_mirrored_recalibrate_equals_single_device(tf_result):
-    assert tf_result["recalibrated_mirrored"] == 2
-    assert tf_result["recalibrated_single"] == 2
-    for name, stats in tf_result["recalibrate"].items():
+@pytest.mark.parametrize("case", ["per_replica", "synchronized"])
+def test_mirrored_recalibrate_equals_single_device(tf_result, case):
+    result = tf_result["recalibrate"][case]
+    assert result["count"] == 2
+    for name, stats in result["layers"].items():
         mean = _same_on_all(stats["mean_replicas"])
         var = _same_on_all(stats["var_replicas"])
-        np.testing.assert_allclose(
-            mean, stats["mean_single"], rtol=1e-5, atol=1e-6
+        _assert_statistics_equal(
+            {name: {"mean": mean, "var": var}},
+            {name: {"mean": stats["mean_single"], "var": stats["var_single"]}},
         )
-        np.testing.assert_allclose(var, stats["var_single"], rtol=1e-5)
-        # And the statistics really were replaced (moving_mean started at 0).
-        assert np.max(np.abs(mean)) > 0.05
+
+
+def test_multi_worker_recalibrate_pools_the_shards_of_all_workers():
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("tensorflow is not installed")
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    envs = [
+        {
+            "TF_CONFIG": json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": i}}
+            )
+        }
+        for i in range(2)
+    ]
+    first, second = _processes(
+        "tensorflow", "tensorflow-worker", [["0"], ["1"]], envs
+    )
+    assert first["workers"] == second["workers"] == 2
+    assert first["count"] == second["count"] == 2
+    # Each worker saw only its shard (40 or 24 images) and both end with
+    # the statistics of all 64, as one process computes them.
+    _assert_statistics_equal(first["statistics"], first["single"])
+    _assert_statistics_equal(second["statistics"], first["single"])
+
+
+def test_jax_processes_recalibrate_pools_the_shards_of_all_processes():
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
+    [port] = _free_ports(1)
+    first, second = _processes(
+        "jax", "jax-process", [["0", str(port)], ["1", str(port)]], [{}, {}]
+    )
+    assert first["devices"] == second["devices"] == 2
+    assert first["count"] == second["count"] == 2
+    assert first["replicated"] and second["replicated"]
+    _assert_statistics_equal(first["statistics"], first["single"])
+    _assert_statistics_equal(second["statistics"], first["single"])
 
 
 def test_jax_data_parallel_fit_keeps_replicated_statistics():

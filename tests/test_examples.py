@@ -86,7 +86,8 @@ def test_serve_folded(tmp_path):
         assert os.path.isdir(tmp_path / "out" / "saved_model")
 
 
-def test_recalibrate_after_shift_lowers_the_inference_loss(tmp_path):
+def test_recalibrate_after_shift_makes_inference_match_fit(tmp_path):
+    keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((32, 32, 3)),
         keras.layers.Rescaling(1 / 255),
@@ -106,7 +107,11 @@ def test_recalibrate_after_shift_lowers_the_inference_loss(tmp_path):
     before, after = _example("recalibrate_after_shift").main(
         [path, str(_image_folder(tmp_path / "images")), out, "--batch-size", "4"]
     )
-    assert after.inference_loss < before.inference_loss
+    # Old statistics: inference computes another function than fit (the
+    # untrained head makes the losses themselves arbitrary: on torch the
+    # recalibrated loss, 0.88, is above the old constant output's ln 2).
+    assert before.max_output_diff > 1e-2
+    assert after.max_output_diff < 1e-5
     assert after.ratio == pytest.approx(1.0, abs=0.05)
     saved = keras.models.load_model(out).get_layer("bn")
     assert np.max(np.abs(testing.to_numpy(saved.moving_mean) - 5.0)) > 1.0

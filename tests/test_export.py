@@ -8,9 +8,8 @@ import pytest
 
 import frozenbn
 from tests import testing
-from tests.conftest import requires_tensorflow
 
-pytestmark = requires_tensorflow
+pytestmark = testing.requires_tensorflow
 
 
 def _model():

@@ -5,9 +5,9 @@ import pytest
 
 import keras
 from keras import layers
-from keras import ops
 
 import frozenbn
+from tests import testing
 from frozenbn.fold import FOLDABLE_TYPES
 from frozenbn.fold import FoldReport
 from frozenbn.fold import fold
@@ -18,23 +18,6 @@ from frozenbn.fold import fold
 RTOL = 1e-5
 
 
-def _np(x):
-    return ops.convert_to_numpy(x)
-
-
-def _randomize_bn(model, seed=0):
-    """Non-trivial moving statistics and gamma/beta for every BN layer."""
-    rng = np.random.default_rng(seed)
-    for layer in frozenbn._walk.batch_norm_layers(model):
-        c = layer.moving_mean.shape[0]
-        layer.moving_mean.assign(rng.normal(0, 0.5, c).astype("float32"))
-        layer.moving_variance.assign(rng.uniform(0.5, 2, c).astype("float32"))
-        if layer.gamma is not None:
-            layer.gamma.assign(rng.uniform(0.5, 1.5, c).astype("float32"))
-        if layer.beta is not None:
-            layer.beta.assign(rng.normal(0, 0.3, c).astype("float32"))
-
-
 def _randomize_biases(model, seed=1):
     rng = np.random.default_rng(seed)
     for w in model.weights:
@@ -43,8 +26,8 @@ def _randomize_biases(model, seed=1):
 
 
 def _assert_same_predictions(model, folded, x):
-    expected = _np(model(x, training=False))
-    got = _np(folded(x, training=False))
+    expected = testing.to_numpy(model(x, training=False))
+    got = testing.to_numpy(folded(x, training=False))
     atol = RTOL * max(np.abs(expected).max(), 1e-3)
     np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
 
@@ -62,10 +45,6 @@ def _bn_after_foldable(model):
     return found
 
 
-def _bn_count(model):
-    return len(frozenbn._walk.batch_norm_layers(model))
-
-
 @pytest.mark.smoke
 def test_sequential_conv_bn_relu():
     model = keras.Sequential(
@@ -76,8 +55,8 @@ def test_sequential_conv_bn_relu():
             layers.ReLU(name="relu"),
         ]
     )
-    _randomize_bn(model)
-    before = [_np(w).copy() for w in model.weights]
+    testing.randomize_batch_norm(model)
+    before = [testing.to_numpy(w).copy() for w in model.weights]
 
     folded, report = fold(model)
 
@@ -90,7 +69,7 @@ def test_sequential_conv_bn_relu():
     # The original is untouched.
     assert len(model.layers) == 3 and model.get_layer("conv").use_bias is False
     for old, w in zip(before, model.weights):
-        np.testing.assert_array_equal(old, _np(w))
+        np.testing.assert_array_equal(old, testing.to_numpy(w))
 
 
 @pytest.mark.smoke
@@ -101,7 +80,7 @@ def test_functional_frozenbn_and_report_text():
     h = layers.Activation("relu", name="act")(h)
     h = layers.BatchNormalization(name="after_act")(h)
     model = keras.Model(inputs, h)
-    _randomize_bn(model)
+    testing.randomize_batch_norm(model)
 
     folded, report = fold(model)
 
@@ -152,13 +131,13 @@ def test_each_foldable_layer(case, use_bias):
     )
     inputs = keras.Input(shape)
     model = keras.Model(inputs, layers.Activation("tanh")(bn(layer(inputs))))
-    _randomize_bn(model)
+    testing.randomize_batch_norm(model)
     _randomize_biases(model)
 
     folded, report = fold(model)
 
     assert report.folded == [(layer.name, bn.name)], report
-    assert _bn_count(folded) == 0
+    assert testing.count_layers(folded, keras.layers.BatchNormalization) == 0
     x = np.random.default_rng(2).normal(size=(2,) + shape).astype("float32")
     _assert_same_predictions(model, folded, x)
 
@@ -174,7 +153,7 @@ def test_bn_without_gamma_or_beta(center, scale):
             layers.BatchNormalization(center=center, scale=scale),
         ]
     )
-    _randomize_bn(model)
+    testing.randomize_batch_norm(model)
     folded, report = fold(model)
     assert len(report.folded) == 1
     _assert_same_predictions(model, folded, np.ones((2, 4), "float32"))
@@ -194,7 +173,7 @@ def test_unfoldable_cases_are_left_with_reasons():
     h = layers.Conv2D(4, 1, name="conv_axis")(h)
     h = layers.BatchNormalization(axis=1, name="bn_wrong_axis")(h)
     model = keras.Model(inputs, h)
-    _randomize_bn(model)
+    testing.randomize_batch_norm(model)
 
     folded, report = fold(model)
 
@@ -210,7 +189,7 @@ def test_unfoldable_cases_are_left_with_reasons():
     assert "2 consumers" in reasons["bn_shared"]
     assert "activation 'relu'" in reasons["bn_after_relu_conv"]
     assert "channel axis" in reasons["bn_wrong_axis"]
-    assert _bn_count(folded) == 4
+    assert testing.count_layers(folded, keras.layers.BatchNormalization) == 4
     x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype("float32")
     _assert_same_predictions(model, folded, x)
 
@@ -221,7 +200,7 @@ def test_channels_first_bias_shortcut_on_tensorflow_is_left():
     conv = layers.Conv2D(5, 3, data_format="channels_first", name="conv")
     inputs = keras.Input((3, 7, 7))  # output (5, 5, 5)
     model = keras.Model(inputs, layers.BatchNormalization(axis=1)(conv(inputs)))
-    _randomize_bn(model)
+    testing.randomize_batch_norm(model)
     folded, report = fold(model)
     if keras.config.backend() == "tensorflow":
         assert report.folded == [] and "bias_add" in report.left[0][1]
@@ -257,7 +236,7 @@ def test_nested_models_are_folded_recursively():
             layers.BatchNormalization(name="head_bn"),
         ]
     )
-    _randomize_bn(model)
+    testing.randomize_batch_norm(model)
     _randomize_biases(model)
 
     folded, report = fold(model)
@@ -267,7 +246,7 @@ def test_nested_models_are_folded_recursively():
         ("inner_conv", "inner_bn"),
     ]
     assert [bn for bn, _ in report.left] == ["bn_after_model"]
-    assert _bn_count(folded) == 1
+    assert testing.count_layers(folded, keras.layers.BatchNormalization) == 1
     assert folded.get_layer("backbone") is not backbone
     x = np.random.default_rng(4).normal(size=(2, 8, 8, 3)).astype("float32")
     _assert_same_predictions(model, folded, x)
@@ -281,14 +260,14 @@ def test_applications(name, expected_bn):
     model = getattr(keras.applications, name)(
         weights=None, include_top=False, input_shape=(32, 32, 3)
     )
-    _randomize_bn(model, seed=5)
-    assert _bn_count(model) == expected_bn
+    testing.randomize_batch_norm(model, seed=5)
+    assert testing.count_layers(model, keras.layers.BatchNormalization) == expected_bn
 
     folded, report = fold(model)
 
     # In these backbones every BN directly follows a bias-free convolution.
     assert len(report.folded) == expected_bn and report.left == []
-    assert _bn_count(folded) == 0
+    assert testing.count_layers(folded, keras.layers.BatchNormalization) == 0
     assert _bn_after_foldable(folded) == []
     assert len(folded.layers) == len(model.layers) - expected_bn
     x = np.random.default_rng(6).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
@@ -327,7 +306,7 @@ def test_bn_inside_custom_layer_is_reported_left():
             return self.bn(self.conv(x))
 
     model = keras.Sequential([keras.Input((4, 4, 1)), Block(name="block")])
-    _randomize_bn(model)
+    testing.randomize_batch_norm(model)
     folded, report = fold(model)
     assert report.folded == []
     assert "custom layer" in dict(report.left)["block_bn"]
@@ -338,3 +317,25 @@ def test_report_is_a_dataclass_with_defaults():
     report = FoldReport()
     assert report.folded == [] and report.left == []
     assert str(report).startswith("Folded 0")
+
+
+@pytest.mark.smoke
+def test_folded_weights_are_rounded_once_from_float64():
+    model = keras.Sequential([
+        keras.Input((5,)),
+        layers.Dense(3, name="dense"),
+        layers.BatchNormalization(name="bn", epsilon=1e-3),
+    ])
+    testing.randomize_batch_norm(model, seed=4)
+    dense, bn = model.get_layer("dense"), model.get_layer("bn")
+    f64 = lambda v: testing.to_numpy(v).astype(np.float64)  # noqa: E731
+    scale = f64(bn.gamma) / np.sqrt(f64(bn.moving_variance) + 1e-3)
+    kernel = (f64(dense.kernel) * scale).astype(np.float32)
+    bias = (
+        (f64(dense.bias) - f64(bn.moving_mean)) * scale + f64(bn.beta)
+    ).astype(np.float32)
+    folded, _ = fold(model)
+    assert np.array_equal(testing.to_numpy(folded.layers[0].kernel), kernel)
+    np.testing.assert_array_max_ulp(
+        testing.to_numpy(folded.layers[0].bias), bias, maxulp=1
+    )

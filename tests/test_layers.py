@@ -6,7 +6,6 @@ import pytest
 
 import frozenbn
 from tests import testing
-from tests.conftest import requires_tensorflow
 
 KERAS_BN_KEYS = set(keras.layers.BatchNormalization().get_config())
 
@@ -39,17 +38,9 @@ def test_layer_basics():
     out = layer(_inputs((4, 5, 3)))
     assert tuple(out.shape) == (4, 5, 3)
     assert isinstance(layer, keras.layers.BatchNormalization)
-    assert [w.path for w in layer.weights] == [
-        "batch_normalization/gamma",
-        "batch_normalization/beta",
-        "batch_normalization/moving_mean",
-        "batch_normalization/moving_variance",
-    ] or [w.name for w in layer.weights] == [
-        "gamma",
-        "beta",
-        "moving_mean",
-        "moving_variance",
-    ]
+    names = ["gamma", "beta", "moving_mean", "moving_variance"]
+    assert [w.name for w in layer.weights] == names
+    assert [w.path for w in layer.weights] == [f"{layer.name}/{n}" for n in names]
     assert len(layer.trainable_weights) == 2
     assert len(layer.non_trainable_weights) == 2
     config = layer.get_config()
@@ -186,7 +177,7 @@ def test_frozen_statistics_survive_fit_and_gamma_beta_train():
     assert np.max(np.abs(before["beta"] - after["beta"])) > 1e-4
 
 
-@requires_tensorflow
+@testing.requires_tensorflow
 def test_frozen_gradients_reach_gamma_beta_and_inputs():
     import tensorflow as tf
 
@@ -205,7 +196,6 @@ def test_frozen_gradients_reach_gamma_beta_and_inputs():
     np.testing.assert_allclose(grads[1].numpy(), weights.numpy().sum(0), rtol=1e-5)
 
 
-@requires_tensorflow
 @pytest.mark.parametrize(
     "shape,axis,kwargs",
     [
@@ -215,33 +205,27 @@ def test_frozen_gradients_reach_gamma_beta_and_inputs():
         ((2, 3, 4, 6), -1, {"scale": False}),
     ],
 )
-def test_fused_gradient_matches_autodiff(shape, axis, kwargs, monkeypatch):
-    """The TF fast path: same outputs bit for bit, gradients to 1e-6."""
-    import tensorflow as tf
-
+def test_native_gradient_matches_autodiff(shape, axis, kwargs, monkeypatch):
+    """The native backward (TF fused kernel, torch's native batch-norm
+    backward): same outputs bit for bit, gradients of the inputs, gamma and
+    beta to 1e-6 of autodiff of Keras's op."""
+    if keras.config.backend() not in ("tensorflow", "torch"):
+        pytest.skip("JAX has no native frozen backward (XLA fuses autodiff)")
     bn = frozenbn.BatchNormalization(axis=axis, frozen=True, **kwargs)
     bn.build(shape)
     testing.randomize_batch_norm(bn)
-    x = tf.constant(_inputs(shape))
-    upstream = tf.constant(_inputs(shape, seed=7))
+    x, upstream = _inputs(shape), _inputs(shape, seed=7)
     assert bn._fused_gradient_layout(x) is not None  # the fast path is taken
 
-    def outputs_and_gradients():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = bn(x, training=True)
-            loss = tf.reduce_sum(y * upstream)
-        variables = [v.value for v in bn.trainable_weights]
-        return y.numpy(), [g.numpy() for g in tape.gradient(loss, [x] + variables)]
-
-    fused_y, fused_grads = outputs_and_gradients()
+    native_y, native_grads = testing.outputs_and_gradients(bn, x, upstream)
     monkeypatch.setattr(frozenbn.BatchNormalization, "_use_fused_gradient", False)
-    plain_y, plain_grads = outputs_and_gradients()
-    assert np.array_equal(fused_y, plain_y)
-    assert len(fused_grads) == len(plain_grads) == 1 + len(bn.trainable_weights)
-    for fused, plain in zip(fused_grads, plain_grads):
+    assert bn._fused_gradient_layout(x) is None
+    plain_y, plain_grads = testing.outputs_and_gradients(bn, x, upstream)
+    assert np.array_equal(native_y, plain_y)
+    assert len(native_grads) == len(plain_grads) == 1 + len(bn.trainable_weights)
+    for native, plain in zip(native_grads, plain_grads):
         scale = np.max(np.abs(plain))
-        assert scale > 0 and np.max(np.abs(fused - plain)) <= 1e-6 * scale
+        assert scale > 0 and np.max(np.abs(native - plain)) <= 1e-6 * scale
 
 
 def test_trainable_true_on_backbone_does_not_unfreeze():
@@ -295,7 +279,7 @@ def test_changing_frozen_takes_effect_after_recompile():
     assert not np.array_equal(moved, testing.to_numpy(bn.moving_mean))
 
 
-@requires_tensorflow
+@testing.requires_tensorflow
 def test_synchronized_matches_keras():
     stock, ours = _pair(synchronized=True, momentum=0.5)
     _build_same(stock, ours, (4, 3))
@@ -441,3 +425,41 @@ def test_frozen_wrapper_serialization():
     revived = testing.run_serialization_test(wrapper)
     assert revived.frozen is False
     assert isinstance(revived.layer, keras.layers.Dense)
+
+
+def test_training_false_in_a_graph_does_not_hold_in_fit():
+    """The Keras guide's `base(x, training=False)` vs `frozenbn.Frozen(base)`.
+
+    Keras 3 hands `fit`'s `training=True` to every layer of a Functional
+    graph, whatever `training` the graph recorded: after the guide's
+    `base.trainable = True` step, fit updates the base's BN statistics.
+    """
+
+    def guide_model(wrap):
+        base = keras.Sequential(
+            [keras.Input((4, 4, 3)), keras.layers.Conv2D(4, 3),
+             keras.layers.BatchNormalization(name="bn")],
+            name="base",
+        )
+        inputs = keras.Input((4, 4, 3))
+        features = wrap(base, inputs)
+        outputs = keras.layers.Dense(1)(keras.layers.Flatten()(features))
+        model = keras.Model(inputs, outputs)
+        base.trainable = False  # phase 1 of the guide...
+        base.trainable = True  # ...then fine-tune the whole model
+        model.compile(keras.optimizers.Adam(1e-5), "mse")
+        return model, base.get_layer("bn")
+
+    x = np.random.default_rng(0).normal(3.0, 2.0, (32, 4, 4, 3)).astype("float32")
+    y = np.zeros((32, 1), "float32")
+    moved = {}
+    for name, wrap in {
+        "guide": lambda base, inputs: base(inputs, training=False),
+        "frozen": lambda base, inputs: frozenbn.Frozen(base)(inputs),
+    }.items():
+        model, bn = guide_model(wrap)
+        before = testing.to_numpy(bn.moving_mean).copy()
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        moved[name] = float(np.abs(testing.to_numpy(bn.moving_mean) - before).max())
+    assert moved["guide"] > 1e-3
+    assert moved["frozen"] == 0.0

@@ -26,7 +26,9 @@ def test_applications_build_frozen_layers_and_load_weights(tmp_path):
     path = os.path.join(tmp_path, "resnet50.weights.h5")
     stock.save_weights(path)
     with frozenbn.patch():
-        assert keras.layers.BatchNormalization is frozenbn.BatchNormalization
+        # The name stays Keras's class (isinstance checks work); what it
+        # builds inside the block is frozenbn's.
+        assert keras.layers.BatchNormalization is KERAS_BN
         model = _resnet(weights=path)
     assert keras.layers.BatchNormalization is KERAS_BN
     bns = _bn_layers(model)
@@ -48,7 +50,7 @@ def test_flag_nesting_and_restore_on_error():
         with frozenbn.patch():
             assert keras.layers.BatchNormalization().frozen is True
         assert keras.layers.BatchNormalization().frozen is False
-        assert keras.layers.BatchNormalization is frozenbn.BatchNormalization
+        assert type(KERAS_BN()) is frozenbn.BatchNormalization
     with pytest.raises(RuntimeError, match="boom"):
         with frozenbn.patch():
             raise RuntimeError("boom")
@@ -66,7 +68,31 @@ def test_tools_still_see_keras_layers_inside_a_block():
     with frozenbn.patch():
         converted = frozenbn.convert(model)
         assert type(converted.get_layer("stock")) is frozenbn.BatchNormalization
+        assert type(model.get_layer("stock")) is KERAS_BN
+        folded, report = frozenbn.fold(model)
+        assert type(folded.get_layer("stock")) is KERAS_BN  # copied as is
         assert frozenbn.recalibrate(model, np.ones((4, 3)), verbose=0) == 1
+
+
+def test_classes_bound_before_the_block_are_patched_too():
+    # keras-hub binds `norm_layer=keras.layers.BatchNormalization` as a
+    # default argument at import; user code does
+    # `from keras.layers import BatchNormalization`.
+    def block(norm_layer=KERAS_BN):
+        return norm_layer(axis=-1)
+
+    class OwnBatchNorm(KERAS_BN):
+        pass
+
+    with frozenbn.patch():
+        assert type(block()) is frozenbn.BatchNormalization
+        assert type(OwnBatchNorm()) is OwnBatchNorm  # subclasses stay
+        loaded = keras.layers.deserialize(
+            keras.layers.serialize(KERAS_BN(name="bn"))
+        )
+        assert type(loaded) is frozenbn.BatchNormalization and loaded.frozen
+    assert type(block()) is KERAS_BN
+    assert "__new__" not in vars(KERAS_BN)  # the hook is gone
 
 
 def test_other_threads_get_keras_behaviour():
@@ -79,6 +105,6 @@ def test_other_threads_get_keras_behaviour():
         thread = threading.Thread(target=build)
         thread.start()
         thread.join()
-    # The class is swapped process-wide, the frozen default is not: the
-    # other thread's layer computes exactly what Keras's layer computes.
-    assert built["layer"].frozen is False
+        assert type(keras.layers.BatchNormalization()) is frozenbn.BatchNormalization
+    # The switch is per thread: the other thread built Keras's own class.
+    assert type(built["layer"]) is KERAS_BN

@@ -3,6 +3,8 @@
 Runs the script at its `--tiny` size (a two-block CNN, 16x16 images) in a
 subprocess under the current `KERAS_BACKEND`. No timing is asserted: this
 only checks that every section runs and the JSON has the expected keys.
+The script is split by job (speed_arms, speed_timing, speed_checks,
+speed_memory, speed_peer, speed_report); this runs them all through it.
 """
 
 import json
@@ -31,7 +33,7 @@ def _run(tmp_path, *args):
 
 
 def test_speed_tiny_writes_report(tmp_path):
-    _run(tmp_path, "--tag", "speed_smoke")
+    _run(tmp_path, "--tag", "speed_smoke", "--skip", "memory")
     stem = tmp_path / "speed_smoke"
     with open(f"{stem}.json") as f:
         result = json.load(f)
@@ -52,33 +54,73 @@ def test_speed_tiny_writes_report(tmp_path):
         "naive_frozen",
         "frozenbn",
         "frozenbn_trainable_false",
+        "fused",
+        "folded",
     }
     for arm in train["arms"].values():
         assert {"median", "q1", "q3", "min", "max", "samples"} <= set(arm)
         assert len(arm["samples"]) == result["config"]["repeats"]
+        assert len(arm["cpu_samples"]) == result["config"]["repeats"]
         assert arm["median"] > 0
     assert train["ratios_vs_stock"]["stock"] == 1.0
-    assert "frozenbn" in train["paired_ratios_vs_keras_trainable_false"]
-    assert {"stock", "frozenbn"} <= set(result["inference"]["arms"])
+    assert "fused" in train["paired_ratios_vs_keras_trainable_false"]
+    assert train["paired_ratios_vs_folded"]["folded"] == 1.0
+    assert {"stock", "frozenbn", "folded"} <= set(result["inference"]["arms"])
     assert set(result["convert"]["arms"]) == {
         "convert", "clone_model", "clone_model_set_weights"
     }
     assert set(result["targets"]) == {
         "train_frozenbn_vs_stock",
         "train_frozenbn_vs_keras_trainable_false",
+        "train_fused_vs_stock",
+        "train_fused_vs_keras_trainable_false",
+        "train_fused_vs_folded_floor",
         "infer_folded_vs_stock",
         "convert_speed_vs_clone_model",
+        "memory_frozenbn_over_fused",
     }
+    assert result["targets"]["memory_frozenbn_over_fused"]["met"] is None
     # The frozen layer's forward is Keras's inference op on every backend.
     assert result["exactness"]["model_max_abs_diff"] == 0.0
     assert result["exactness"]["num_bn_layers"] == 2
+    # fuse: both pairs fused, outputs equal to float32 rounding.
+    assert result["fused_exactness"]["fused"] == 2
+    assert result["fused_exactness"]["max_rel_diff"] <= 1e-5
+    assert result["fold_exactness"]["max_rel_diff"] <= 1e-5
 
 
-def test_speed_torchvision_peer_skips_cleanly(tmp_path):
-    # Off the torch backend, or without torchvision, the peer is skipped
-    # with a reason instead of failing the run.
+def test_speed_memory_and_torchvision_peer(tmp_path):
+    # Step memory in a fresh process per arm. Off the torch backend, or
+    # without torchvision, the peer is skipped with a reason instead of
+    # failing the run.
     _run(tmp_path, "--tag", "peer", "--torchvision-peer",
-         "--skip", "train,inference,convert")
+         "--skip", "train,inference,convert", "--memory-arms", "fused")
     with open(tmp_path / "peer.json") as f:
-        peer = json.load(f)["torchvision_peer"]
+        result = json.load(f)
+    peer = result["torchvision_peer"]
     assert "skipped" in peer or "arms" in peer
+    memory = result["memory"]["arms"]
+    assert set(memory) == {"fused"}
+    fused = memory["fused"]
+    assert fused["rss_before_mb"] > 0 and fused["process_peak_rss_mb"] > 0
+    if fused["step_peak_rss_mb"] is not None:  # Linux: the step's own peak
+        assert fused["step_peak_rss_mb"] >= fused["rss_before_mb"] * 0.5
+    assert os.path.getsize(tmp_path / "peer.png") > 0
+
+
+def test_recalibrate_benchmark_tiny_writes_report(tmp_path):
+    """benchmarks/speed_recalibrate.py at a tiny size: it runs and writes."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import speed_recalibrate
+    finally:
+        sys.path.pop(0)
+    result = speed_recalibrate.bench_recalibrate(
+        "mini", 16, 32, 16, 2, True, str(tmp_path)
+    )
+    assert set(result["paired_ratio_vs_predict"]) >= {"recalibrate", "recalibrate_eager"}
+    assert all(r > 0 for r in result["paired_ratio_vs_predict"].values())
+    written = sorted(p.suffix for p in tmp_path.iterdir())
+    assert written == [".json", ".md", ".png"]
+    with open(next(tmp_path.glob("*.json"))) as f:
+        assert json.load(f)["environment"]["backend"] == keras.config.backend()

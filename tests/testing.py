@@ -4,6 +4,14 @@ import json
 
 import keras
 import numpy as np
+import pytest
+
+# The one backend gate of the suite: what Keras runs on, not what the
+# environment asked for.
+requires_tensorflow = pytest.mark.skipif(
+    keras.config.backend() != "tensorflow",
+    reason="needs the TensorFlow backend (tf.distribute, SavedModel, tf ops)",
+)
 
 
 def randomize_batch_norm(model, seed=0):
@@ -22,6 +30,33 @@ def randomize_batch_norm(model, seed=0):
         if layer.beta is not None:
             layer.beta.assign(rng.normal(0, 0.2, shape).astype("float32"))
     return model
+
+
+def rounding_floor(model, x, reference):
+    """How far float32 rounding alone moves `model`'s outputs on `x`.
+
+    `reference` is `outputs(model, x)`, which the caller already has.
+
+    The largest output change when every BN moving variance moves by one
+    float32 step, as an exact rewrite's rounding moves it. About 1e-6 of
+    the outputs' scale for most networks with random weights; the deepest
+    (EfficientNetV2M and L at 32x32) amplify it to the outputs' own scale,
+    and no rewrite of them can be checked closer than that. The model is
+    left as it was.
+    """
+    layers = layers_of(model, keras.layers.BatchNormalization)
+    saved = [to_numpy(layer.moving_variance) for layer in layers]
+    for layer, variance in zip(layers, saved):
+        layer.moving_variance.assign(np.nextafter(variance, np.inf))
+    try:
+        moved = outputs(model, x)
+    finally:
+        for layer, variance in zip(layers, saved):
+            layer.moving_variance.assign(variance)
+    return max(
+        float(np.max(np.abs(a.astype("float64") - b.astype("float64"))))
+        for a, b in zip(reference, moved)
+    )
 
 
 def weights_of(model):
@@ -55,3 +90,176 @@ def run_serialization_test(layer):
 
 def _json_normal(obj):
     return json.loads(json.dumps(obj))
+
+
+def images(n=2, size=32, seed=0):
+    """`n` random float32 RGB images in [0, 1] of side `size`."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.0, 1.0, (n, size, size, 3)).astype("float32")
+
+
+def outputs(model, x, training=False):
+    """Every output tensor of `model(x)` as a NumPy array, flattened."""
+    return [to_numpy(t) for t in keras.tree.flatten(model(x, training=training))]
+
+
+def assert_outputs_equal(expected, got):
+    """Two `outputs` lists equal bit for bit."""
+    assert len(expected) == len(got)
+    for a, b in zip(expected, got):
+        assert a.shape == b.shape and np.array_equal(a, b), np.max(np.abs(a - b))
+
+
+def assert_outputs_close(expected, got, atol, rtol):
+    """Two `outputs` lists equal to `atol + rtol * max|expected|` per tensor."""
+    assert len(expected) == len(got)
+    for a, b in zip(expected, got):
+        assert a.shape == b.shape
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        assert np.all(np.isfinite(a64)) and np.all(np.isfinite(b64))
+        scale = float(np.max(np.abs(a64))) if a64.size else 0.0
+        error = float(np.max(np.abs(a64 - b64))) if a64.size else 0.0
+        assert error <= atol + rtol * scale, (error, scale)
+
+
+def layers_of(model, cls):
+    """Every layer of `model` (nested ones included) that is a `cls`."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        if isinstance(layer, cls)
+    ]
+
+
+def count_layers(model, cls):
+    return len(layers_of(model, cls))
+
+
+def layer_classes(model):
+    return [type(layer) for layer in model._flatten_layers()]
+
+
+def assert_same_weight_values(a, b):
+    """`a` and `b` hold the same weight values, bit for bit, in any order.
+
+    Independent of how layers are listed (a model rebuilt from its config
+    may list its sublayers in another order): the multisets of (shape,
+    dtype, bytes) must be equal.
+    """
+
+    def key(array):
+        return (array.shape, str(array.dtype), array.tobytes())
+
+    wa = sorted((key(w) for w in weights_of(a)), key=repr)
+    wb = sorted((key(w) for w in weights_of(b)), key=repr)
+    assert len(wa) == len(wb)
+    assert wa == wb
+
+
+# Attributes through which dropout-like layers (Keras's and keras-hub's
+# DropPath / stochastic depth) draw their randomness.
+_STOCHASTIC_ATTRIBUTES = {"rate": 0.0, "drop_rate": 0.0, "stddev": 0.0}
+
+
+def disable_stochastic_layers(model):
+    """Turns dropout-like layers into identities, so training mode is
+    deterministic apart from BatchNormalization. Returns how many changed."""
+    changed = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        name = type(layer).__name__
+        if not any(word in name for word in ("Dropout", "DropPath", "Noise")):
+            continue
+        for attribute, value in _STOCHASTIC_ATTRIBUTES.items():
+            if isinstance(getattr(layer, attribute, None), (int, float)):
+                object.__setattr__(layer, attribute, value)
+                changed += 1
+    return changed
+
+
+def called_layers(model, x, cls):
+    """The layers of class `cls` that `model(x)` calls (a test oracle).
+
+    Each such layer's `call` is wrapped on the instance for one forward
+    pass in inference mode (some graphs record `training=True` for a layer,
+    which would update its statistics in a call with `training` unset);
+    layers a model holds but never calls are not returned.
+    """
+    called, layers = set(), layers_of(model, cls)
+
+    def recording(layer, call):
+        def wrapped(*args, **kwargs):
+            called.add(id(layer))
+            return call(*args, **kwargs)
+
+        return wrapped
+
+    for layer in layers:
+        object.__setattr__(layer, "call", recording(layer, layer.call))
+    try:
+        model(x, training=False)
+    finally:
+        for layer in layers:
+            object.__delattr__(layer, "call")
+    return [layer for layer in layers if id(layer) in called]
+
+def outputs_and_gradients(layer, x, upstream, training=True):
+    """`layer(x)` and the gradients of `sum(layer(x) * upstream)`.
+
+    Returns `(outputs, gradients)` as NumPy arrays, the gradients with
+    respect to `x` and then each of `layer.trainable_weights`, computed by
+    the backend's own autodiff (TensorFlow tape, torch autograd, jax.grad).
+    """
+    backend = keras.config.backend()
+    weights = layer.trainable_weights
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(y * upstream)
+        grads = tape.gradient(loss, [x] + [w.value for w in weights])
+        return y.numpy(), [g.numpy() for g in grads]
+    if backend == "torch":
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        y = layer(x, training=training)
+        loss = (y * torch.as_tensor(upstream)).sum()
+        grads = torch.autograd.grad(loss, [x] + [w.value for w in weights])
+        return to_numpy(y.detach()), [to_numpy(g) for g in grads]
+    import jax
+
+    frozen = [w.value for w in layer.non_trainable_weights]
+
+    def loss(x, trainable):
+        y, _ = layer.stateless_call(trainable, frozen, x, training=training)
+        return (y * upstream).sum(), y
+
+    gradient = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    (_, y), grads = gradient(x, [w.value for w in weights])
+    return to_numpy(y), [to_numpy(grads[0])] + [to_numpy(g) for g in grads[1]]
+
+
+# Under `pytest -n N` (pytest-xdist), tests that share a costly
+# module-scoped fixture must run in one worker, or each worker builds it
+# again: every check of one model of the sweep (one fixture value per
+# model), and these whole modules.
+SHARED_WORKER_MODULES = ("tests/test_convert.py", "tests/test_distribution.py")
+SWEEP_MODULE = "tests/test_model_sweep.py"
+
+
+def worker_scope(nodeid: str) -> str:
+    """The unit of tests pytest-xdist sends to one worker, from a node id.
+
+    A sweep check's scope is its model (the parameter id in brackets); a
+    test of `SHARED_WORKER_MODULES` has its module's; any other test is its
+    own, so those balance freely.
+    """
+    path, _, name = nodeid.partition("::")
+    if path == SWEEP_MODULE and name.endswith("]"):
+        return path + name[name.index("["):]
+    if path in SHARED_WORKER_MODULES:
+        return path
+    return nodeid

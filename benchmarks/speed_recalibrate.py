@@ -1,0 +1,281 @@
+"""Speed benchmark: `frozenbn.recalibrate` against `model.predict`.
+
+Precise BN is one forward pass over the data plus per-channel moments, so
+its floor is a forward pass. This measures, on the backend named by
+`KERAS_BACKEND`, the wall time of
+
+- `predict`: `model.predict(x, batch_size=B)`, Keras's compiled inference;
+- `recalibrate`: `frozenbn.recalibrate(model, x, batch_size=B)`, the
+  compiled statistics pass (`tf.function` / `jax.jit` / torch without
+  autograd), moments pooled on the device;
+- optionally `recalibrate_eager`: the same pass op by op, on a copy of the
+  model compiled with `run_eagerly=True` (the path before the compiled
+  pass, and the fallback; slow, so only on request);
+
+over the same images, with ResNet50 (`weights=None`) as the model. Each arm
+runs once first (tracing and compilation: reported as `first_call_s`), then
+`--repeats` times interleaved, in an order rotated from one repeat to the
+next so drifting machine load hits all arms alike. Reported: median, IQR,
+min/max seconds per call, the ratio of medians against `predict` and the
+paired ratio (the median over repeats of the within-repeat ratio). Target
+(DESIGN.md): recalibrate <= 1.2x predict.
+
+Writes `recalibrate_<model>_<size>_<backend>_<device>.{json,md,png}` to
+`--out` (default `benchmarks/results/`). `bench_recalibrate(...)` does the
+same from Python and returns the result dict.
+
+Usage:
+    KERAS_BACKEND=tensorflow python benchmarks/speed_recalibrate.py
+    KERAS_BACKEND=jax python benchmarks/speed_recalibrate.py --repeats 7
+    KERAS_BACKEND=torch python benchmarks/speed_recalibrate.py --tiny
+"""
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402  (puts the checkout first on sys.path)
+
+import keras  # noqa: E402
+
+import frozenbn  # noqa: E402
+from frozenbn import _report  # noqa: E402
+
+TARGET = 1.2  # recalibrate time / predict time, at most (DESIGN.md)
+
+
+def bench_recalibrate(
+    model_name: str = "resnet50",
+    image_size: int = 64,
+    images: int = 512,
+    batch_size: int = 32,
+    repeats: int = 5,
+    eager: bool = False,
+    out: Optional[str] = _common.RESULTS_DIR,
+    seed: int = 0,
+) -> dict:
+    """Times recalibrate against predict; writes JSON, markdown and PNG.
+
+    Args:
+        model_name: `"resnet50"` or `"mini"` (two conv blocks, for smoke
+            runs).
+        image_size: Height and width of the images.
+        images: Number of images per call.
+        batch_size: Batch size of both calls.
+        repeats: Timed calls per arm, interleaved.
+        eager: Also time the eager pass (`recalibrate_eager`).
+        out: Folder for the result files; `None` writes nothing.
+        seed: Seed of the model and the images.
+
+    Returns:
+        The result dict (also the JSON file's content).
+    """
+    keras.utils.set_random_seed(seed)
+    env = _common.environment()
+    model = _build(model_name, image_size)
+    x = np.random.default_rng(seed).uniform(
+        0, 255, (images, image_size, image_size, 3)
+    ).astype("float32")
+    x = keras.applications.resnet50.preprocess_input(x)
+
+    def recalibrate(target):
+        return lambda: frozenbn.recalibrate(
+            target, x, batch_size=batch_size, verbose=0
+        )
+
+    arms = {
+        "predict": lambda: model.predict(x, batch_size=batch_size, verbose=0),
+        "recalibrate": recalibrate(model),
+    }
+    if eager:
+        eager_model = keras.models.clone_model(model)
+        eager_model.set_weights(model.get_weights())
+        eager_model.compile(run_eagerly=True)
+        arms["recalibrate_eager"] = recalibrate(eager_model)
+
+    first = {}
+    for name, fn in arms.items():
+        start = time.perf_counter()
+        fn()
+        first[name] = time.perf_counter() - start
+    timings = _interleaved(arms, repeats)
+    base = timings["predict"]["samples"]
+    result = {
+        "benchmark": "recalibrate",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "environment": env,
+        "config": {
+            "model": model_name,
+            "image_size": image_size,
+            "images": images,
+            "batch_size": batch_size,
+            "repeats": repeats,
+            "seed": seed,
+        },
+        "first_call_s": first,
+        "seconds": timings,
+        "ratio_vs_predict": {
+            name: t["median"] / timings["predict"]["median"]
+            for name, t in timings.items()
+        },
+        "paired_ratio_vs_predict": {
+            name: float(np.median(np.asarray(t["samples"]) / base))
+            for name, t in timings.items()
+        },
+        "target": {"recalibrate_vs_predict_at_most": TARGET},
+        "load_average_after": _report.environment_info()["load_average"],
+    }
+    result["target"]["met"] = bool(
+        result["paired_ratio_vs_predict"]["recalibrate"] <= TARGET
+    )
+    if out is not None:
+        stem = _common.result_stem(
+            "recalibrate", f"{model_name}_{image_size}", env
+        )
+        _report.write_json(result, os.path.join(out, stem + ".json"))
+        _common.write_text(_markdown(result), os.path.join(out, stem + ".md"))
+        _plot(result, os.path.join(out, stem + ".png"))
+    return result
+
+
+def _build(model_name, image_size):
+    shape = (image_size, image_size, 3)
+    if model_name == "resnet50":
+        return keras.applications.ResNet50(
+            weights=None, input_shape=shape, classes=10
+        )
+    if model_name == "mini":
+        inputs = keras.Input(shape)
+        h = inputs
+        for i, filters in enumerate((8, 16)):
+            h = keras.layers.Conv2D(filters, 3, padding="same")(h)
+            h = keras.layers.BatchNormalization(name=f"bn{i}")(h)
+            h = keras.layers.ReLU()(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model(inputs, keras.layers.Dense(10)(h), name="mini")
+    raise ValueError(f"Unknown model {model_name!r}: resnet50 or mini.")
+
+
+def _interleaved(arms, repeats):
+    names = list(arms)
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            arms[name]()
+            samples[name].append(time.perf_counter() - start)
+    result = {}
+    for name, values in samples.items():
+        a = np.asarray(values)
+        q1, median, q3 = np.percentile(a, [25, 50, 75])
+        result[name] = {
+            "median": float(median),
+            "q1": float(q1),
+            "q3": float(q3),
+            "min": float(a.min()),
+            "max": float(a.max()),
+            "samples": [float(v) for v in a],
+        }
+    return result
+
+
+def _markdown(result) -> str:
+    config, env = result["config"], result["environment"]
+    rows = []
+    for name, t in result["seconds"].items():
+        rows.append(
+            [
+                f"`{name}`",
+                f"{t['median']:.3f} ({t['q1']:.3f}-{t['q3']:.3f})",
+                f"{result['first_call_s'][name]:.2f}",
+                f"{result['ratio_vs_predict'][name]:.2f}x",
+                f"{result['paired_ratio_vs_predict'][name]:.2f}x",
+            ]
+        )
+    table = _report.format_table(
+        [
+            "arm",
+            "seconds per call, median (IQR)",
+            "first call (s)",
+            "vs predict (medians)",
+            "vs predict (paired)",
+        ],
+        rows,
+        markdown=True,
+    )
+    met = "met" if result["target"]["met"] else "not met"
+    return (
+        f"# recalibrate vs predict, {config['model']} "
+        f"{config['image_size']}x{config['image_size']}, backend "
+        f"{env['backend']}\n\n"
+        f"{_report.environment_line(env)}\n\n"
+        f"{config['images']} images, batch {config['batch_size']}, "
+        f"{config['repeats']} interleaved repeats after one untimed call per "
+        f"arm (its time is the first-call column: tracing/compilation). "
+        f"Load average after the run: {result['load_average_after']}.\n\n"
+        f"{table}\n\n"
+        f"Target recalibrate <= {TARGET}x predict (paired): {met}.\n"
+    )
+
+
+def _plot(result, path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(result["seconds"])
+    figure = Figure(figsize=(6, 0.6 + 0.6 * len(names)))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for i, name in enumerate(names):
+        samples = result["seconds"][name]["samples"]
+        axes.scatter(samples, [i] * len(samples), color="tab:blue", s=12)
+        axes.plot([result["seconds"][name]["median"]] * 2, [i - 0.3, i + 0.3],
+                  color="black")
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("seconds per call (dots: repeats; bar: median)")
+    config, env = result["config"], result["environment"]
+    axes.set_title(
+        f"{config['model']} {config['image_size']}px, {config['images']} "
+        f"images, {env['backend']} on {env['device_kind']}", fontsize=9
+    )
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=100)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="resnet50",
+                        choices=["resnet50", "mini"])
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--eager", action="store_true",
+                        help="also time the eager pass (slow)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="smoke run: mini model, 64 images, 2 repeats, "
+                        "nothing written")
+    parser.add_argument("--out", default=_common.RESULTS_DIR)
+    args = parser.parse_args(argv)
+    if args.tiny:
+        result = bench_recalibrate("mini", 16, 64, 16, 2, args.eager, None)
+    else:
+        result = bench_recalibrate(
+            args.model, args.image_size, args.images, args.batch_size,
+            args.repeats, args.eager, args.out,
+        )
+    for name, ratio in result["paired_ratio_vs_predict"].items():
+        median = result["seconds"][name]["median"]
+        print(f"{name:>20}: {median:.3f} s  {ratio:.2f}x predict (paired)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Running one step of a statistics pass compiled, on every backend.
+
+`frozenbn._measure.Program` describes one step as a pure function
+`body(run_model, state, x, batch_index) -> (state, outputs)` in
+`keras.ops`. `Step` runs it the fastest honest way each backend offers:
+
+- TensorFlow: a `tf.function` (XLA only where the model asks for it, like
+  Keras's own `predict`), traced once with the batch dimension left open so
+  that a smaller last batch does not trace it again; under a `tf.distribute`
+  strategy, `strategy.run` of the body on every replica.
+- JAX: `jax.jit` of `model.stateless_call`, the variables passed as
+  arguments (so new weights need no new compilation).
+- torch: the model runs under `torch.no_grad()` (no autograd graph), BN
+  statistics and normalization from one fused kernel
+  (`fused_normalization`); no compiler (`torch.compile` takes minutes to
+  compile a ResNet on a CPU).
+
+Where batches and the state live, and how replicas and workers are pooled,
+is `frozenbn._distribute`'s job. No step copies anything to the host: the
+state stays on the device until `finish`, and JAX's asynchronous dispatch
+is kept at most one step ahead so inputs do not pile up on the device. If
+the compiled step fails (a layer whose `call` cannot be traced), the same
+step runs eagerly on the same batch; if that works the pass goes on
+eagerly and a warning gives the reason, otherwise the eager error is
+raised.
+"""
+
+import contextlib
+import logging
+
+import keras
+import numpy as np
+
+from frozenbn import _distribute
+
+logger = logging.getLogger("frozenbn")
+
+
+class Step:
+    """`body` compiled for `model` on the current backend; see the module doc.
+
+    Args:
+        model: The model `body` runs.
+        body: `body(run_model, state, x, batch_index) -> (state, outputs)`;
+            `run_model(x, **kwargs)` calls the model.
+        distribute: Whether to spread batches over the replicas/devices of
+            the model's `tf.distribute` strategy or `keras.distribution`.
+    """
+
+    def __init__(self, model, body, distribute: bool = True):
+        self._model = model
+        self._body = body
+        self._backend = keras.config.backend()
+        self._where = _distribute.placement(model) if distribute else None
+        tensorflow = self._backend == "tensorflow"
+        self._strategy = self._where if tensorflow else None
+        self._pending = None
+        self._eager = False
+        self._compiled = self._compile()
+        eagerly = bool(getattr(model, "run_eagerly", False))
+        if eagerly or self._compiled is None:
+            self._eager = True
+
+    @property
+    def eager(self) -> bool:
+        """Whether the step runs eagerly (op by op)."""
+        return self._eager
+
+    def init_state(self, state):
+        """Places a host state (NumPy arrays) where the steps keep it."""
+        return _distribute.place_state(self._where, state)
+
+    def build(self, x) -> None:
+        """Builds the model by calling it once, eagerly, in inference mode."""
+        with _no_grad():
+            self._model(_distribute.place_batch(None, x))
+
+    def __call__(self, state, x, batch_index: int):
+        x = _distribute.place_batch(self._where, x)
+        index = np.int32(batch_index)
+        with _no_grad():
+            if not self._eager:
+                try:
+                    result = self._compiled(state, x, index)
+                except Exception as compiled_error:  # noqa: BLE001
+                    result = self._eager_call(state, x, index)
+                    logger.warning(
+                        "The statistics pass of model '%s' runs eagerly (op "
+                        "by op, slower) because its compiled step failed: "
+                        "%s",
+                        self._model.name,
+                        _first_line(compiled_error),
+                    )
+                    self._eager = True
+            else:
+                result = self._eager_call(state, x, index)
+        self._bound_dispatch(result[0])
+        return result
+
+    def finish(self, state):
+        """The state pooled over all replicas and workers, as NumPy arrays."""
+        self._pending = None
+        return _distribute.pool_replicas(self._where, state)
+
+    # -- compiling ---------------------------------------------------------
+
+    def _compile(self):
+        model, body = self._model, self._body
+        if self._backend == "tensorflow":
+            import tensorflow as tf  # noqa: PLC0415 (TensorFlow backend only)
+
+            jit = bool(getattr(model, "jit_compile", False))
+            if self._strategy is not None:
+                strategy = self._strategy
+
+                def replicated(state, x, index):
+                    return strategy.run(
+                        lambda s, xs: body(model, s, xs, index), args=(state, x)
+                    )
+
+                return tf.function(replicated, reduce_retracing=True)
+            return _OpenBatchFunction(
+                tf.function(
+                    lambda state, x, index: body(model, state, x, index),
+                    jit_compile=jit,
+                    reduce_retracing=True,
+                )
+            )
+        if self._backend == "jax":
+            import jax  # noqa: PLC0415 (JAX backend only)
+
+            if not getattr(model, "jit_compile", True):
+                return None
+            jitted = jax.jit(self._stateless)
+            return lambda state, x, index: jitted(
+                *_variable_values(model), state, x, index
+            )
+        return None  # torch and numpy: eager is the fast path
+
+    def _stateless(self, trainable, non_trainable, state, x, index):
+        def run_model(inputs, **kwargs):
+            return self._model.stateless_call(
+                trainable, non_trainable, inputs, **kwargs
+            )[0]
+
+        return self._body(run_model, state, x, index)
+
+    def _eager_call(self, state, x, index):
+        model, body = self._model, self._body
+        if self._backend == "jax":
+            return self._stateless(*_variable_values(model), state, x, index)
+        if self._strategy is not None:
+            return self._strategy.run(
+                lambda s, xs: body(model, s, xs, index), args=(state, x)
+            )
+        return body(model, state, x, index)
+
+    def _bound_dispatch(self, state) -> None:
+        # JAX returns before the step has run; wait for the step before
+        # this one, so at most two steps are in flight.
+        if self._backend != "jax":
+            return
+        if self._pending is not None:
+            import jax  # noqa: PLC0415 (JAX backend only)
+
+            jax.block_until_ready(self._pending)
+        self._pending = state
+
+class _OpenBatchFunction:
+    """A `tf.function` traced once with the batch dimension unknown."""
+
+    def __init__(self, function):
+        self._function = function
+        self._traced = False
+
+    def __call__(self, state, x, index):
+        if not self._traced:
+            import tensorflow as tf  # noqa: PLC0415 (TensorFlow backend only)
+
+            def spec(t, open_batch):
+                shape = list(t.shape)
+                if open_batch and shape:
+                    shape[0] = None
+                return tf.TensorSpec(shape, t.dtype)
+
+            self._function.get_concrete_function(
+                keras.tree.map_structure(lambda t: spec(t, False), state),
+                keras.tree.map_structure(lambda t: spec(t, True), x),
+                tf.TensorSpec((), tf.int32),
+            )
+            self._traced = True
+        return self._function(state, x, index)
+
+
+def fused_normalization(x, axis, gamma, beta, epsilon):
+    """Batch moments and batch-normalized `x` in one kernel, where it helps.
+
+    The `keras.ops` form (`frozenbn._math.batch_moments`, then
+    `ops.batch_normalization`) reads the activations several times; the
+    backends' own training-mode batch-norm kernels compute the per-channel
+    mean and variance and normalize in one fused pass:
+
+    - torch: `torch.nn.functional.batch_norm(training=True, momentum=1)`,
+      whose running buffers then hold the batch's statistics (as fvcore's
+      precise BN reads them);
+    - TensorFlow: `FusedBatchNormV3` in training mode, on channels-last
+      float32 inputs viewed as `(-1, 1, 1, C)` (as `frozenbn.layers` does
+      for its fused gradient).
+
+    Both return the Bessel-corrected variance, turned back into the biased
+    one here. Returns `(outputs, mean, biased_variance, count)`, or None
+    where the generic path is needed (JAX, where XLA fuses the generic
+    form itself; other layouts and dtypes; fewer than two positions).
+    """
+    backend = keras.config.backend()
+    if backend == "torch":
+        return _torch_fused_normalization(x, axis, gamma, beta, epsilon)
+    if backend == "tensorflow":
+        return _tf_fused_normalization(x, axis, gamma, beta, epsilon)
+    return None
+
+
+def _torch_fused_normalization(x, axis, gamma, beta, epsilon):
+    import torch  # noqa: PLC0415 (torch backend only)
+
+    moved = torch.movedim(x, axis, 1)
+    channels = moved.shape[1]
+    count = moved.numel() // max(channels, 1)
+    if count < 2:
+        return None
+    mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
+    var = torch.ones(channels, dtype=x.dtype, device=x.device)
+    outputs = torch.nn.functional.batch_norm(
+        moved, mean, var, weight=gamma, bias=beta, training=True,
+        momentum=1.0, eps=epsilon,
+    )
+    var = var * ((count - 1) / count)
+    return torch.movedim(outputs, 1, axis), mean, var, count
+
+
+def _tf_fused_normalization(x, axis, gamma, beta, epsilon):
+    import tensorflow as tf  # noqa: PLC0415 (TensorFlow backend only)
+
+    rank = len(x.shape)
+    channels = x.shape[-1]
+    if (
+        x.dtype != tf.float32
+        or axis % rank != rank - 1
+        or channels is None
+        or epsilon < 1.001e-5  # the kernel's documented minimum
+    ):
+        return None
+    flat = tf.reshape(x, (-1, 1, 1, channels))
+    count = tf.cast(tf.shape(flat)[0], tf.float32)
+    outputs, mean, var = tf.raw_ops.FusedBatchNormV3(
+        x=flat,
+        scale=tf.ones(channels) if gamma is None else gamma,
+        offset=tf.zeros(channels) if beta is None else beta,
+        mean=tf.zeros(0),
+        variance=tf.zeros(0),
+        epsilon=epsilon,
+        is_training=True,
+        exponential_avg_factor=1.0,
+    )[:3]
+    var = tf.where(count > 1, var * ((count - 1) / tf.maximum(count, 1)), 0.0)
+    return tf.reshape(outputs, tf.shape(x)), mean, var, count
+
+
+def _variable_values(model):
+    return (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+    )
+
+
+def _no_grad():
+    if keras.config.backend() == "torch":
+        import torch  # noqa: PLC0415 (torch backend only)
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,227 @@
+"""Where a statistics pass runs its batches, and pooling across replicas.
+
+`frozenbn._compile.Step` asks this module where the model lives and puts
+each batch and the pooled state there:
+
+- TensorFlow, under the `tf.distribute` strategy that owns the model's
+  variables (Mirrored, MultiWorkerMirrored): this worker's batch is split
+  over its local replicas; every replica pools the moments of its share in
+  its own state (the statistics `fit` would see: BN normalizes each
+  replica's batch, or the global batch for `synchronized=True` layers); at
+  the end the states of all replicas of all workers are all-reduced, with
+  sums only (`frozenbn._math.all_reduce_moments`), so every worker gets
+  the statistics of the union of the shards.
+- JAX, under a `keras.distribution` (DataParallel, one or several
+  processes): each process's batch becomes its part of a global batch
+  sharded over the devices, as Keras's JAX trainer does, and XLA reduces
+  the moments over the global batch; the state is replicated.
+- Otherwise: one device, nothing to pool.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from frozenbn import _math
+
+# A non-finite batch seen by another replica or worker, not this one.
+REMOTE_BAD = -2
+
+
+def placement(model):
+    """Where a pass over `model` runs its batches, or None for one device.
+
+    The `tf.distribute` strategy that owns the model's variables
+    (TensorFlow), or the current `keras.distribution` (JAX).
+    """
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        return _tf_strategy(model)
+    if backend == "jax":
+        return keras.distribution.distribution()
+    return None
+
+
+def place_batch(where, x):
+    """Batch `x` of this process, placed for a step (see the module doc)."""
+    backend = keras.config.backend()
+    if where is not None and backend == "tensorflow":
+        return _tf_split_over_replicas(where, x)
+    if where is not None and backend == "jax":
+        return _jax_distribute(where, x)
+    return keras.tree.map_structure(
+        lambda a: a if a is None else ops.convert_to_tensor(a), x
+    )
+
+
+def place_state(where, state):
+    """A host state (NumPy arrays) placed where the steps keep it."""
+    if where is not None and keras.config.backend() == "tensorflow":
+        return where.experimental_distribute_values_from_function(
+            lambda context: keras.tree.map_structure(_tf().constant, state)
+        )
+    return keras.tree.map_structure(ops.convert_to_tensor, state)
+
+
+def pool_replicas(where, state):
+    """The state pooled over all replicas and workers, as NumPy arrays."""
+    if where is not None and keras.config.backend() == "tensorflow":
+        return _tf_all_reduce(where, state)
+    return keras.tree.map_structure(_to_numpy, state)
+
+
+def cross_replica_sum():
+    """`sum_all(tensors)` over the replicas of the running `strategy.run`.
+
+    `None` outside a multi-replica `tf.distribute` replica context (and on
+    other backends), where there is nothing to reduce. Called while a step
+    is traced, by BN layers with `synchronized=True`, which normalize with
+    the statistics of the global batch in `fit`.
+    """
+    if keras.config.backend() != "tensorflow":
+        return None
+    tf = _tf()
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return None
+    return lambda tensors: context.all_reduce("sum", list(tensors))
+
+
+def _to_numpy(t):
+    if keras.config.backend() == "jax" and not getattr(
+        t, "is_fully_addressable", True
+    ):
+        # A global array of several processes: the state is replicated,
+        # so this process's first shard holds all of it.
+        return np.asarray(t.addressable_data(0))
+    return np.asarray(ops.convert_to_numpy(t))
+
+
+def _tf_all_reduce(strategy, state):
+    tf = _tf()
+    replicas = _local_states(strategy, state)
+    sizes = [int(layer[2].shape[0]) for layer in replicas[0]]
+
+    def reduce(replica_state):
+        context = tf.distribute.get_replica_context()
+
+        def sum_all(tensors):
+            return context.all_reduce("sum", list(tensors))
+
+        def flat(i):
+            return tf.concat([s[i] for s in replica_state], 0)
+
+        count = tf.concat(
+            [tf.fill([c], s[0]) for c, s in zip(sizes, replica_state)], 0
+        )
+        shift, mean, m2 = flat(1), flat(2), flat(3)
+        bad = tf.stack([tf.cast(s[4] >= 0, "float32") for s in replica_state])
+        # Re-express every replica's mean about one shared shift (the
+        # average of the replicas' shifts), so float32 stays exact.
+        seen = tf.cast(count > 0, "float32")
+        shift_sum, seen_sum = sum_all([shift * seen, seen])
+        common = shift_sum / tf.maximum(seen_sum, 1.0)
+        mean = tf.where(count > 0, (shift - common) + mean, 0.0)
+        count, mean, m2 = _math.all_reduce_moments(count, mean, m2, sum_all)
+        return count, common, mean, m2, sum_all([bad])[0]
+
+    reduced = tf.function(lambda s: strategy.run(reduce, args=(s,)))(state)
+    count, shift, mean, m2, anywhere = (
+        np.asarray(strategy.experimental_local_results(t)[0])
+        for t in reduced
+    )
+    pooled, start = [], 0
+    for i, size in enumerate(sizes):
+        seen = [int(r[i][4]) for r in replicas if int(r[i][4]) >= 0]
+        bad = min(seen) if seen else -1
+        if bad < 0 and anywhere[i] > 0:
+            bad = REMOTE_BAD
+        stop = start + size
+        pooled.append(
+            (
+                count[start] if size else 0.0,
+                shift[start:stop],
+                mean[start:stop],
+                m2[start:stop],
+                bad,
+            )
+        )
+        start = stop
+    return tuple(pooled)
+
+
+def _tf():
+    import tensorflow as tf  # noqa: PLC0415 (TensorFlow backend only)
+
+    return tf
+
+
+def _tf_strategy(model):
+    """The `tf.distribute` strategy that owns `model`'s variables, or None."""
+    if keras.config.backend() != "tensorflow":
+        return None
+    tf = _tf()
+    for variable in model.weights:
+        value = getattr(variable, "value", None)
+        if isinstance(value, tf.distribute.DistributedValues):
+            strategy = value._distribute_strategy
+            if tf.distribute.in_cross_replica_context() or (
+                not tf.distribute.has_strategy()
+            ):
+                return strategy
+            raise RuntimeError(
+                "frozenbn computes BN statistics in cross-replica context: "
+                "call it outside `strategy.run` (from your script or a "
+                "callback), not inside a replica function."
+            )
+    return None
+
+
+def _tf_split_over_replicas(strategy, x):
+    """This worker's batch `x`, split over its local replicas."""
+    tf = _tf()
+    local = len(strategy.extended.worker_devices)
+    parts = [
+        keras.tree.map_structure(
+            lambda a: np.array_split(np.asarray(a), local)[i], x
+        )
+        for i in range(local)
+    ]
+
+    def value(context):
+        part = parts[context.replica_id_in_sync_group % local]
+        return keras.tree.map_structure(tf.constant, part)
+
+    return strategy.experimental_distribute_values_from_function(value)
+
+
+def _local_states(strategy, state):
+    """The state of each local replica, as a list of nested tuples."""
+    flat = keras.tree.flatten(state)
+    locals_ = [strategy.experimental_local_results(t) for t in flat]
+    return [
+        keras.tree.pack_sequence_as(state, [values[r] for values in locals_])
+        for r in range(len(locals_[0]))
+    ]
+
+
+def _jax_distribute(distribution, x):
+    """This process's batch `x` as its part of a sharded global batch."""
+    import jax  # noqa: PLC0415 (JAX backend only)
+
+    def place(a):
+        a = np.asarray(a)
+        layout = distribution.get_data_layout(a.shape).backend_layout
+        shards = layout.mesh.shape[distribution.batch_dim_name]
+        if a.shape[0] % shards and jax.process_count() == 1:
+            # A last batch that does not divide over the devices: every
+            # device computes the whole batch (same statistics).
+            replicated = jax.sharding.NamedSharding(
+                layout.mesh, jax.sharding.PartitionSpec()
+            )
+            return jax.device_put(a, replicated)
+        return jax.make_array_from_process_local_data(layout, a)
+
+    return keras.tree.map_structure(place, x)
+
+

@@ -1,0 +1,186 @@
+"""Copies of Functional and Sequential graphs with some operations replaced.
+
+`fold`, `fuse` and `unfuse` rebuild a model's graph operation by operation:
+each operation is copied from its config (`frozenbn._clone`), dropped
+(`Removed`: its input passes through) or replaced by one or several layers
+(`Chain`). Layers that their config does not rebuild make the tools fall
+back to a private exact copy of the model (`private_copy`), whose layers
+they may then reuse.
+"""
+
+import contextlib
+import logging
+from typing import Callable
+from typing import Dict
+from typing import List
+from typing import Optional
+
+import keras
+
+from frozenbn import _clone
+from frozenbn import _walk
+
+logger = logging.getLogger(__name__)
+
+
+class Removed(keras.layers.Layer):
+    """Stands for a dropped operation while a copy is built; never called."""
+
+    def call(self, inputs):  # pragma: no cover - the copy bypasses it
+        return inputs
+
+
+class Chain:
+    """Stands for one operation replaced by several layers, called in turn."""
+
+    def __init__(self, *layers: keras.layers.Layer):
+        self.layers = list(layers)
+
+
+def copy_graph(model: keras.Model, clone: Callable) -> keras.Model:
+    """A copy of a Sequential or Functional model, operation by operation.
+
+    `clone(operation)` returns the operation's replacement: a layer, a
+    `Removed` (the operation is dropped: its input passes through) or a
+    `Chain` (its layers are called one after the other). Nested models are
+    whatever `clone` returns for them. Weights are not copied here.
+    """
+    if isinstance(model, keras.Sequential):
+        copy = _copy_sequential(model, clone)
+    else:
+        copy = keras.models.clone_model(
+            model, clone_function=clone, call_function=_call_replacement
+        )
+    # The container's own flag (its layers' flags come with their configs).
+    copy._trainable = model._trainable
+    return copy
+
+
+def _call_replacement(op, *args, **kwargs):
+    if isinstance(op, Removed):
+        return args[0] if args else kwargs["inputs"]
+    if isinstance(op, Chain):
+        outputs = op.layers[0](*args, **kwargs)
+        for layer in op.layers[1:]:
+            outputs = layer(outputs)
+        return outputs
+    return op(*args, **kwargs)
+
+
+def _copy_sequential(model, clone) -> keras.Sequential:
+    layers = []
+    for layer in model.layers:
+        new = clone(layer)
+        if isinstance(new, Chain):
+            layers += new.layers
+        elif not isinstance(new, Removed):
+            layers.append(new)
+    first = model._layers[0] if model._layers else None
+    if isinstance(first, keras.layers.InputLayer):
+        inputs = keras.Input(
+            batch_shape=first.batch_shape,
+            dtype=first.output.dtype,
+            name=first.name,
+        )
+    else:
+        spec = model.inputs[0]
+        inputs = keras.Input(batch_shape=spec.shape, dtype=spec.dtype)
+    return keras.Sequential([inputs] + layers, name=model.name)
+
+
+def copy_layer(layer, jobs: list, config: Optional[dict] = None):
+    """A fresh copy of a layer or bare operation from its config.
+
+    The copy's weights are set from `layer`'s once it is built: `jobs`
+    collects `(layer, copy)` for `finish_copies`. Raises
+    `frozenbn._clone.UncopyableLayer` when the config does not rebuild the
+    layer.
+    """
+    new = _clone.copy_layer(layer, config)
+    if isinstance(layer, keras.layers.Layer):
+        jobs.append((layer, new))
+    return new
+
+
+def finish_copies(jobs: list) -> None:
+    """Copies weights and trainable flags into the built copies."""
+    for layer, new in jobs:
+        _clone.copy_weights(layer, new)
+
+
+def copy_built(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A built copy of `layer` with its values, trainable flags and paths.
+
+    Built in the name scope that `layer`'s variables were created in (for
+    example the enclosing Sequential model's), so that the copy's variables
+    have the same paths as well as the same names.
+    """
+    new = _clone.copy_layer(layer)
+    path = layer.weights[0].path.split("/") if layer.weights else []
+    with contextlib.ExitStack() as scopes:
+        # One scope per part, never merged with an equal parent: a path
+        # such as "model/model/conv/kernel" keeps both "model" parts.
+        for part in path[:-2]:
+            scopes.enter_context(keras.name_scope(part, deduplicate=False))
+        new.build_from_config(layer.get_build_config())
+    _clone.copy_weights(layer, new)
+    return new
+
+
+def private_copy(model, error: Exception, tool: str):
+    """An exact copy of `model` to rewrite, and `{copy's name: model's}`.
+
+    For models with a layer that its config does not rebuild (`error`):
+    the copy is made from the model's own config (`frozenbn._clone`), so
+    the rewrite can reuse such layers from it and still be independent of
+    `model`.
+    """
+    try:
+        private, pairs = _clone.copy_model(model)
+    except RuntimeError as copy_error:
+        raise RuntimeError(
+            f"`frozenbn.{tool}` cannot copy model '{model.name}': {error}, "
+            "and the model's own config does not copy it either "
+            f"({copy_error}). Make the layer's `get_config` round-trip "
+            "through `from_config`."
+        ) from copy_error
+    names = {
+        pairs[id(layer)].name: layer.name
+        for layer in _walk.iter_layers(model)
+        if id(layer) in pairs
+    }
+    return private, names
+
+
+def warn_reused(tool: str, reused: List[str], names: Dict[str, str]) -> None:
+    """Says which layers a rewrite reused because it could not copy them."""
+    if reused:
+        logger.warning(
+            "%s: reused layer(s) %s as they are (their configs do not "
+            "rebuild them); the result works, but a .keras file of it will "
+            "not load until their `get_config` is fixed.",
+            tool,
+            ", ".join(names.get(name, name) for name in reused),
+        )
+
+
+def owners_in_graph(model) -> dict:
+    """`{id(layer): graph node that contains it}` for layers inside nodes.
+
+    The nodes of a Functional or Sequential graph (recursively through
+    nested graph models) are the layers the model calls; a sublayer of a
+    custom node layer is reached only through that layer's own `call`.
+    """
+    owners = {}
+    operations = (
+        model.layers
+        if isinstance(model, keras.Sequential)
+        else getattr(model, "_operations", [])
+    )
+    for op in operations:
+        if _walk.is_graph_model(op):
+            owners.update(owners_in_graph(op))
+        elif isinstance(op, keras.layers.Layer):
+            for layer in _walk.iter_layers(op):
+                owners.setdefault(id(layer), op)
+    return owners

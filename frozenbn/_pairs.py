@@ -1,0 +1,361 @@
+"""Linear layers followed by a BatchNormalization: which pairs qualify.
+
+`fold` (for inference) and `fuse` (for training) both replace "a Conv or
+Dense layer whose output feeds only a BatchNormalization layer" by one
+layer. This module is the one place that
+
+- decides which (layer, BN) pairs qualify, and why the other BN layers do
+  not (`Rewriter`, with a tool-specific `check` for the BN itself), and
+  rewrites the model through `frozenbn._graph`;
+- says in one wording what a tool did (`report_text`) and which models it
+  accepts (`check_graph_model`).
+"""
+
+from collections import Counter
+from typing import Callable
+from typing import Dict
+from typing import List
+from typing import Optional
+from typing import Tuple
+
+import keras
+
+from frozenbn import _checks
+from frozenbn import _clone
+from frozenbn import _graph
+from frozenbn import _walk
+
+# Output channels are the last kernel axis (HWIO, and Dense's (in, units)).
+OUT_LAST = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Dense,
+)
+# Transposed convolutions store (*kernel_size, out, in).
+TRANSPOSE = (
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+)
+# Depthwise kernels are (*kernel_size, in, multiplier); output channel
+# c * multiplier + m comes from kernel[..., c, m].
+DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+# Separable convolutions end in a pointwise (1, ..., in*mult, out) kernel.
+SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+LINEAR_TYPES = OUT_LAST + TRANSPOSE + DEPTHWISE + SEPARABLE
+
+# What a BN layer's check returns: a reason to leave it, or None.
+PairCheck = Callable[[keras.layers.Layer, keras.layers.Layer], Optional[str]]
+Pair = Tuple[str, str]
+
+
+def check_graph_model(model, function_name: str) -> None:
+    """Raises unless `model` is a built Functional or Sequential model."""
+    _checks.check_is_layer(model, function_name)
+    if not _walk.is_graph_model(model):
+        raise TypeError(
+            f"`frozenbn.{function_name}` needs a Functional or Sequential "
+            f"model, whose layer graph it can read. '{model.name}' is a "
+            f"{type(model).__name__} (a subclassed model or a bare layer), "
+            "whose structure lives in its Python code. Rebuild it as a "
+            f"Functional model (`keras.Model(inputs, outputs)`) to "
+            f"{function_name} it."
+        )
+    _walk.check_built(model, function_name)
+
+
+def report_text(verb: str, pairs: List[Pair], left: List[Pair]) -> str:
+    """The readable summary of a fold or fuse report."""
+    lines = [
+        f"{verb} {len(pairs)} BatchNormalization layer(s), "
+        f"left {len(left)}."
+    ]
+    if pairs:
+        lines.append(f"{verb} (layer <- batch norm):")
+        lines += [f"  {layer} <- {bn}" for layer, bn in pairs]
+    if left:
+        lines.append("Left in place (batch norm: reason):")
+        lines += [f"  {bn}: {reason}" for bn, reason in left]
+    return "\n".join(lines)
+
+
+class Rewriter:
+    """Copies a model with each qualifying (layer, BN) pair made one layer.
+
+    Args:
+        tool: The public function's name, for the reasons in the report.
+        check: Optional `check(layer, bn)`: the tool's own reason to leave
+            `bn` (for example "not frozen"), or None. Asked after the BN
+            class and before the producing layer is checked.
+        replace: `replace(layer, bn)`: the layer that stands for the pair
+            in the copy.
+        finish: `finish(layer, bn, new)`, called once the copy is built
+            (to set `new`'s weights), or None.
+    """
+
+    def __init__(
+        self,
+        tool: str,
+        check: Optional[PairCheck],
+        replace: Callable,
+        finish: Optional[Callable] = None,
+    ):
+        self.tool = tool
+        self.check = check
+        self.replace = replace
+        self.finish = finish
+        self.paired: List[Pair] = []
+        self.left: List[Pair] = []
+        self.handled = set()  # ids of BN layers decided on
+        # Whether layers that their config does not rebuild are reused as
+        # they are (when rewriting a private copy), and which were.
+        self.reuse_uncopyable = False
+        self.reused: List[str] = []
+
+    def rewrite(self, model: keras.Model) -> keras.Model:
+        """The copy of `model`; `paired`/`left` say what became of each BN."""
+        names = {}
+        try:
+            copy = self._rewrite(model)
+        except _clone.UncopyableLayer as error:
+            # A layer whose config does not rebuild it (a `get_config` that
+            # does not round-trip). Rewrite a private exact copy of the
+            # model instead, reusing such layers from it: the result stays
+            # independent of `model`.
+            private, names = _graph.private_copy(model, error, self.tool)
+            self.paired, self.left, self.handled = [], [], set()
+            self.reuse_uncopyable = True
+            copy = self._rewrite(private)
+            model = private
+        _graph.warn_reused(self.tool, self.reused, names)
+        merged = {
+            id(layer.batch_norm): layer.name
+            for layer in _walk.iter_layers(model)
+            if getattr(layer, "merges_batch_norm", False)
+        }
+        owners = _graph.owners_in_graph(model)
+        for bn in _walk.batch_norm_layers(model):
+            if id(bn) in merged:
+                reason = (
+                    f"already fused into '{merged[id(bn)]}' by frozenbn.fuse "
+                    "(frozenbn.unfuse separates it again)"
+                )
+            elif id(bn) in self.handled:
+                continue
+            elif id(bn) in owners:
+                owner = owners[id(bn)]
+                reason = (
+                    f"it is inside {type(owner).__name__} '{owner.name}', a "
+                    f"custom layer whose calls {self.tool} cannot see; the "
+                    "layer is copied as it is"
+                )
+            else:
+                reason = (
+                    "the model's graph never calls it (an unused sublayer); "
+                    "the copy does not contain it"
+                )
+            self.left.append((bn.name, reason))
+        if names:
+            self.paired = [(names.get(a, a), names.get(b, b)) for a, b in self.paired]
+            self.left = [(names.get(bn, bn), why) for bn, why in self.left]
+        return copy
+
+    def _rewrite(self, model: keras.Model) -> keras.Model:
+        if isinstance(model, keras.Sequential):
+            pairs = self._plan_sequential(model)
+        else:
+            pairs = self._plan_functional(model)
+        removed = {id(bn) for bn in pairs.values()}
+        jobs, replaced = [], []
+
+        def clone(layer):
+            if _walk.is_graph_model(layer):
+                return self._rewrite(layer)
+            if id(layer) in removed:
+                return _graph.Removed(name=f"{layer.name}_removed")
+            if id(layer) in pairs:
+                new = self.replace(layer, pairs[id(layer)])
+                replaced.append((layer, new))
+                return new
+            try:
+                return _graph.copy_layer(layer, jobs)
+            except _clone.UncopyableLayer:
+                if not self.reuse_uncopyable:
+                    raise
+                self.reused.append(layer.name)
+                return layer
+
+        copy = _graph.copy_graph(model, clone)
+        _graph.finish_copies(jobs)
+        if self.finish is not None:
+            for layer, new in replaced:
+                self.finish(layer, pairs[id(layer)], new)
+        return copy
+
+    # Planning: which (producer, BN) pairs to rewrite. Returns {id(P): bn}.
+
+    def _plan_sequential(self, model) -> Dict[int, keras.layers.Layer]:
+        layers = model.layers
+        pairs = {}
+        for i, bn in enumerate(layers):
+            if not _walk.is_batch_norm(bn):
+                continue
+            self.handled.add(id(bn))
+            if i == 0:
+                self.left.append(
+                    (bn.name, f"its input is the input of model '{model.name}'")
+                )
+                continue
+            producer = layers[i - 1]
+            shape = tuple(bn.input.shape) if _has_input(bn) else None
+            reason = self._why_not(
+                producer, bn, shape, consumers=1, is_output=False, calls=(1, 1)
+            )
+            self._decide(producer, bn, reason, pairs)
+        return pairs
+
+    def _plan_functional(self, model) -> Dict[int, keras.layers.Layer]:
+        # Deepest first is input-to-output order: the report reads in
+        # the order of the model.
+        by_depth = model._nodes_by_depth
+        nodes = [
+            node
+            for depth in sorted(by_depth, reverse=True)
+            for node in by_depth[depth]
+            if not node.is_input
+        ]
+        calls = Counter(id(node.operation) for node in nodes)
+        consumers = Counter()
+        for node in nodes:
+            for tensor in node.input_tensors:
+                consumers[id(tensor)] += 1
+        outputs = {id(t) for t in model.outputs}
+        pairs = {}
+        for node in nodes:
+            bn = node.operation
+            if not _walk.is_batch_norm(bn) or id(bn) in self.handled:
+                continue
+            self.handled.add(id(bn))
+            x = node.arguments.args[0] if node.arguments.args else None
+            history = getattr(x, "_keras_history", None)
+            if history is None:
+                self.left.append(
+                    (bn.name, "its input is not a tensor of the model graph")
+                )
+                continue
+            producer = history.operation
+            if isinstance(producer, keras.layers.InputLayer):
+                self.left.append(
+                    (bn.name, f"its input is an input of model '{model.name}'")
+                )
+                continue
+            reason = self._why_not(
+                producer,
+                bn,
+                tuple(x.shape),
+                consumers=consumers[id(x)],
+                is_output=id(x) in outputs,
+                calls=(calls[id(producer)], calls[id(bn)]),
+            )
+            self._decide(producer, bn, reason, pairs)
+        return pairs
+
+    def _decide(self, producer, bn, reason, pairs) -> None:
+        if reason is None and id(producer) in pairs:
+            reason = f"'{producer.name}' is already paired with another BN"
+        if reason is None:
+            pairs[id(producer)] = bn
+            self.paired.append((producer.name, bn.name))
+        else:
+            self.left.append((bn.name, reason))
+
+    def _why_not(
+        self, producer, bn, output_shape, consumers, is_output, calls
+    ) -> Optional[str]:
+        """Why `bn` cannot be merged into `producer`, or None if it can."""
+        reason = _walk.custom_batch_norm_reason(bn)
+        if reason is not None:
+            return reason
+        reason = self.check(producer, bn) if self.check else None
+        if reason is not None:
+            return reason
+        return _why_not_producer(
+            self.tool, producer, bn, output_shape, consumers, is_output, calls
+        )
+
+
+def _why_not_producer(
+    tool, producer, bn, output_shape, consumers, is_output, calls
+) -> Optional[str]:
+    rank = None if output_shape is None else len(output_shape)
+    name = f"{type(producer).__name__} '{producer.name}'"
+    if not isinstance(producer, LINEAR_TYPES):
+        return f"it follows {name}, not a Conv or Dense layer"
+    if type(producer) not in LINEAR_TYPES:
+        return (
+            f"it follows {name}, a subclass of a Conv or Dense layer; "
+            f"{tool} rewrites only the stock Keras classes"
+        )
+    if getattr(producer, "quantization_mode", None) is not None:
+        return f"{name} is quantized"
+    if getattr(producer, "lora_enabled", False):
+        return f"{name} has LoRA enabled; merge or disable LoRA first"
+    activation = getattr(
+        producer.activation, "__name__", str(producer.activation)
+    )
+    if activation != "linear":
+        return f"{name} applies activation '{activation}' before the BN"
+    if calls[0] != 1:
+        return f"{name} is called {calls[0]} times in the model (shared)"
+    if calls[1] != 1:
+        return f"the BN is called {calls[1]} times in the model (shared)"
+    if is_output:
+        return f"the output of {name} is also a model output"
+    if consumers != 1:
+        return (
+            f"the output of {name} has {consumers} consumers, not only the BN"
+        )
+    if rank is None:
+        return "its input shape is unknown"
+    channel_axis = _channel_axis(producer, rank)
+    if bn.axis % rank != channel_axis:
+        return (
+            f"its axis {bn.axis} is not the channel axis ({channel_axis}) of "
+            f"{name}"
+        )
+    if _bias_lands_on_last_axis(producer, output_shape):
+        return (
+            f"{name} is channels_first and its last spatial size equals its "
+            "channel count; Keras's TensorFlow backend then adds a bias "
+            "along the last axis (the `bias_add` shortcut in `ops.add`), so "
+            "a merged bias would be misapplied"
+        )
+    return None
+
+
+def _bias_lands_on_last_axis(layer, output_shape) -> bool:
+    # keras/src/backend/tensorflow/numpy.py `add` turns `x + bias` into
+    # `tf.nn.bias_add(..., "NHWC")` whenever x.shape[-1] equals the bias
+    # length, even for a (1, C, 1, ...) channels_first bias (Keras 3.15).
+    if keras.config.backend() != "tensorflow" or channel_axis_is_last(layer):
+        return False
+    last = output_shape[-1] if output_shape else None
+    return last is None or last == output_shape[1]
+
+
+def channel_axis_is_last(layer) -> bool:
+    """Whether `layer` puts its channels last (Dense and channels_last)."""
+    return getattr(layer, "data_format", "channels_last") != "channels_first"
+
+
+def _channel_axis(layer, rank: int) -> int:
+    return rank - 1 if channel_axis_is_last(layer) else 1
+
+
+def _has_input(layer) -> bool:
+    try:
+        layer.input
+    except (AttributeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,419 @@
+"""`fuse` / `unfuse`: train Conv+frozen BN as one layer, and undo it."""
+
+import dataclasses
+import logging
+import math
+from typing import Any
+from typing import List
+from typing import Tuple
+
+import keras
+from keras import ops
+
+from frozenbn import _clone
+from frozenbn import _graph
+from frozenbn import _native
+from frozenbn import _pairs
+from frozenbn import _walk
+from frozenbn.layers import BatchNormalization as _FrozenBN
+
+logger = logging.getLogger(__name__)
+
+_PACKAGE = "frozenbn"
+
+
+@dataclasses.dataclass
+class FuseReport:
+    """What `fuse` fused and what it left, by layer name.
+
+    Attributes:
+        fused: `(layer_name, bn_name)` pairs: the frozen BN layer `bn_name`
+            and `layer_name` became one `FusedBatchNorm` layer.
+        left: `(bn_name, reason)` pairs for BN layers kept as they were.
+    """
+
+    fused: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    left: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        return _pairs.report_text("Fused", self.fused, self.left)
+
+
+def fuse(model: keras.Model) -> Tuple[keras.Model, FuseReport]:
+    """Returns a training copy of `model` with frozen BN fused into its layer.
+
+    A frozen `frozenbn.BatchNormalization` is the per-channel affine map
+    `x * s + (beta - mean * s)`, `s = gamma / sqrt(moving_variance +
+    epsilon)`, in training too. After a linear layer it can be computed
+    inside that layer: `conv(x, kernel * s) + (bias - mean) * s + beta`.
+    That is the cost of the BN-folded network (one pass over the
+    activations fewer, forward and backward, and no BN input kept for the
+    backward pass), while `kernel`, `bias`, `gamma` and `beta` remain
+    separate variables with their names and `trainable` flags, trained as
+    before; `s` is recomputed from them at every step and the moving
+    statistics never change. This is PyTorch Inductor's
+    "efficient_conv_bn_eval" for Keras.
+
+    Each `FusedBatchNorm` layer of the copy holds a copy of the linear layer
+    (`.layer`) and of the BN (`.batch_norm`). A BN qualifies when it is a
+    frozenbn layer with `frozen=True` and the pair passes `fold`'s rules:
+    the BN directly follows a stock `Conv1D`/`Conv2D`/`Conv3D`, transposed,
+    depthwise or separable convolution or `Dense` layer, is its output's
+    only consumer (not a model output), neither is called twice, the layer
+    has a linear activation, and the BN normalizes its channel axis.
+    `FuseReport` says which pairs were fused and why the other BN layers
+    were left. Works on Functional and Sequential models and on the
+    Functional and Sequential models nested in them.
+
+    The copy computes what `model` computes, outputs and gradients, up to
+    float32 rounding, in training and inference. Setting `frozen=False` on
+    a fused BN (`frozenbn.unfreeze(copy)`) makes its layer run the two
+    layers separately again. The copy saves and loads as a `.keras` file;
+    `frozenbn.unfuse(copy)` gives back separate layers with the trained
+    values (for `fold`, export or checkpoints of the original structure).
+    `model` is not modified. Compile the copy (a compiled Functional model
+    is copied with its compile config, as `clone_model` does).
+
+    Args:
+        model: A built Functional or Sequential `keras.Model`, with frozen
+            `frozenbn.BatchNormalization` layers (`frozenbn.convert(model)`).
+
+    Returns:
+        `(fused_model, report)`.
+
+    Raises:
+        TypeError: `model` is not a Functional or Sequential model.
+        ValueError: `model` is not built.
+
+    Example:
+
+    >>> import keras, frozenbn
+    >>> model = frozenbn.convert(keras.Sequential([
+    ...     keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU()]))
+    >>> fused, report = frozenbn.fuse(model)
+    >>> " -> ".join(type(layer).__name__ for layer in fused.layers)
+    'FusedBatchNorm -> ReLU'
+    >>> report.fused
+    [('conv', 'bn')]
+    >>> names = [w.name for w in fused.trainable_weights]
+    >>> names
+    ['kernel', 'bias', 'gamma', 'beta']
+    """
+    _pairs.check_graph_model(model, "fuse")
+    rewriter = _pairs.Rewriter("fuse", check=_why_not_fusable, replace=_fused)
+    copy = rewriter.rewrite(model)
+    report = FuseReport(fused=rewriter.paired, left=rewriter.left)
+    logger.info(
+        "fuse: fused %d BN layer(s), left %d.",
+        len(report.fused),
+        len(report.left),
+    )
+    return copy, report
+
+
+def unfuse(model: keras.Model) -> keras.Model:
+    """Returns a copy of `model` with each `FusedBatchNorm` split in two.
+
+    The inverse of `fuse`: every fused layer becomes its linear layer
+    followed by its BN layer again, with the current (trained) values of all
+    their variables and their names. Everything else is copied unchanged.
+    `model` is not modified.
+
+    Args:
+        model: A built Functional or Sequential `keras.Model`.
+
+    Returns:
+        The unfused copy.
+
+    Raises:
+        TypeError: `model` is not a Functional or Sequential model.
+        ValueError: `model` is not built.
+
+    Example:
+
+    >>> import keras, frozenbn
+    >>> model = frozenbn.convert(keras.Sequential([
+    ...     keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.BatchNormalization(name="bn")]))
+    >>> fused, _ = frozenbn.fuse(model)
+    >>> unfused = frozenbn.unfuse(fused)
+    >>> [layer.name for layer in unfused.layers] == ["conv", "bn"]
+    True
+    """
+    _pairs.check_graph_model(model, "unfuse")
+    try:
+        return _unfuse(model, reused=None)
+    except _clone.UncopyableLayer as error:
+        # See `_graph.private_copy`: reuse the layers that a config does
+        # not rebuild, from a private copy of the model.
+        private, names = _graph.private_copy(model, error, "unfuse")
+        reused = []
+        copy = _unfuse(private, reused)
+        _graph.warn_reused("unfuse", reused, names)
+        return copy
+
+
+def _unfuse(model: keras.Model, reused) -> keras.Model:
+    jobs = []
+
+    def clone(operation):
+        if _walk.is_graph_model(operation):
+            return _unfuse(operation, reused)
+        if isinstance(operation, FusedBatchNorm):
+            return _graph.Chain(
+                _graph.copy_built(operation.layer),
+                _graph.copy_built(operation.batch_norm),
+            )
+        try:
+            return _graph.copy_layer(operation, jobs)
+        except _clone.UncopyableLayer:
+            if reused is None:
+                raise
+            reused.append(operation.name)
+            return operation
+
+    copy = _graph.copy_graph(model, clone)
+    _graph.finish_copies(jobs)
+    return copy
+
+
+def _why_not_fusable(layer, bn):
+    if type(bn) is not _FrozenBN:
+        return (
+            "a Keras BatchNormalization: fuse merges frozen frozenbn layers "
+            "only (`frozenbn.convert(model)` first)"
+        )
+    if not bn.frozen:
+        return (
+            "frozen=False: in training it normalizes with batch statistics, "
+            "which no single layer can compute (freeze it to fuse it)"
+        )
+    for owner in (layer, bn):
+        if getattr(owner, "activity_regularizer", None) is not None:
+            return (
+                f"'{owner.name}' has an activity regularizer, which needs "
+                "the separate layer's output"
+            )
+    return None
+
+
+def _fused(layer, bn) -> "FusedBatchNorm":
+    return FusedBatchNorm(
+        _graph.copy_built(layer),
+        _graph.copy_built(bn),
+        name=f"{layer.name}_fused",
+        dtype=layer.dtype_policy,
+    )
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FusedBatchNorm(keras.layers.Layer):
+    """A linear layer and the frozen BatchNormalization after it, as one.
+
+    Built by `frozenbn.fuse`. With `s = gamma / sqrt(moving_variance +
+    epsilon)` (gamma = 1 for `scale=False`, beta = 0 for `center=False`,
+    bias = 0 for `use_bias=False`), it computes
+
+        layer_op(x, kernel * s) + (bias - moving_mean) * s + beta
+
+    where `layer_op` is `layer`'s convolution or matrix product without its
+    bias. For a separable convolution the pointwise kernel is scaled, for a
+    depthwise one the kernel's `(in, multiplier)` axes, for a transposed one
+    its output axis. The variables are those of the two sublayers, so
+    `layer.kernel`, `layer.bias`, `batch_norm.gamma` and `batch_norm.beta`
+    train as they would unfused, and gradients are equal up to float32
+    rounding. If `batch_norm.frozen` is set to False, the two sublayers run
+    one after the other, exactly as unfused.
+
+    Args:
+        layer: The linear layer (one of the types `fuse` accepts), built.
+        batch_norm: A `frozenbn.BatchNormalization` on `layer`'s channel
+            axis, built on `layer`'s output.
+        **kwargs: Base layer arguments such as `name` and `dtype`.
+    """
+
+    # `_pairs` reports a BN held here as fused rather than as unreachable.
+    merges_batch_norm = True
+
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        batch_norm: keras.layers.Layer,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("config_version", None)
+        # Variables are read at their own dtype (float32 under mixed
+        # precision) so that `kernel * s` is computed before it is rounded;
+        # `call` casts the inputs itself.
+        kwargs["autocast"] = False
+        super().__init__(**kwargs)
+        if not isinstance(layer, _pairs.LINEAR_TYPES):
+            raise TypeError(
+                "`FusedBatchNorm` fuses a Conv or Dense layer; received "
+                f"{type(layer).__name__}. Use `frozenbn.fuse(model)`."
+            )
+        if not isinstance(batch_norm, _FrozenBN):
+            raise TypeError(
+                "`FusedBatchNorm` needs a `frozenbn.BatchNormalization`; "
+                f"received {type(batch_norm).__name__}."
+            )
+        self.layer = layer
+        self.batch_norm = batch_norm
+        self.supports_masking = layer.supports_masking
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        if not self.batch_norm.built:
+            self.batch_norm.build(self.layer.compute_output_shape(input_shape))
+
+    # Private switch for tests and benchmarks: "auto" scales the kernel or
+    # runs the two layers in turn, whichever touches fewer values; "kernel"
+    # always scales the kernel.
+    _mode = "auto"
+
+    def _scales_kernel(self, inputs) -> bool:
+        """Whether scaling the kernel is cheaper than scaling the output.
+
+        Scaling the kernel costs a few passes over the kernel (forward and
+        backward); normalizing the output costs as many over the output.
+        """
+        if self._mode == "kernel":
+            return True
+        outputs = self.layer.compute_output_shape(tuple(inputs.shape))
+        if any(size is None for size in outputs):
+            return True
+        if isinstance(self.layer, _pairs.SEPARABLE):
+            kernel = self.layer.pointwise_kernel  # the one that is scaled
+        else:
+            kernel = self.layer.kernel
+        return math.prod(kernel.shape) <= math.prod(outputs)
+
+    def call(self, inputs, training=None):
+        bn = self.batch_norm
+        if not bn.frozen or not self._scales_kernel(inputs):
+            return bn(self.layer(inputs), training=training)
+        scale, shift = _scale_and_shift(self.layer, bn)
+        inputs = ops.cast(inputs, self.compute_dtype)
+        outputs = _scaled_op(self.layer, inputs, scale, self.compute_dtype)
+        if not _pairs.channel_axis_is_last(self.layer):
+            shift = ops.reshape(shift, (1, -1) + (1,) * (len(inputs.shape) - 2))
+        return ops.add(outputs, ops.cast(shift, outputs.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("autocast", None)
+        config.update(
+            {
+                "layer": keras.saving.serialize_keras_object(self.layer),
+                "batch_norm": keras.saving.serialize_keras_object(
+                    self.batch_norm
+                ),
+                "config_version": 1,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        for key in ("layer", "batch_norm"):
+            config[key] = keras.saving.deserialize_keras_object(
+                config[key], custom_objects=custom_objects
+            )
+        return cls(**config)
+
+
+def _scale_and_shift(layer, bn):
+    """`s = gamma / sqrt(variance + epsilon)` and `(bias - mean) * s + beta`.
+
+    In float32 from the variables, so gradients reach bias, gamma and beta.
+    """
+
+    def read(variable):
+        return ops.cast(variable, "float32")
+
+    scale = ops.rsqrt(read(bn.moving_variance) + bn.epsilon)
+    if bn.scale:
+        scale = read(bn.gamma) * scale
+    mean = read(bn.moving_mean)
+    if layer.use_bias:
+        shift = (read(layer.bias) - mean) * scale
+    else:
+        shift = ops.negative(mean) * scale
+    if bn.center:
+        shift = shift + read(bn.beta)
+    return scale, shift
+
+
+def _scaled_op(layer, x, scale, dtype):
+    """`layer`'s linear op on `x` with its kernel scaled per output channel."""
+
+    def scaled(kernel):
+        # Output channels on the last axis; a depthwise kernel's are its
+        # last two, (in, multiplier), flattened in that order.
+        kernel = ops.cast(kernel, "float32")
+        if not isinstance(layer, _pairs.DEPTHWISE):
+            return ops.cast(_native.scale_channels(kernel, scale), dtype)
+        shape = tuple(kernel.shape)
+        flat = ops.reshape(kernel, shape[:-2] + (-1,))
+        return ops.cast(
+            ops.reshape(_native.scale_channels(flat, scale), shape), dtype
+        )
+
+    if isinstance(layer, _pairs.SEPARABLE):
+        return ops.separable_conv(
+            x,
+            ops.cast(layer.depthwise_kernel, dtype),
+            scaled(layer.pointwise_kernel),
+            strides=layer.strides,
+            padding=layer.padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+    if isinstance(layer, _pairs.DEPTHWISE):
+        return ops.depthwise_conv(
+            x,
+            scaled(layer.kernel),
+            strides=layer.strides,
+            padding=layer.padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+    if isinstance(layer, _pairs.TRANSPOSE):
+        return ops.conv_transpose(
+            x,
+            # (*kernel_size, out, in): channels on the second last axis.
+            ops.cast(
+                ops.cast(layer.kernel, "float32") * ops.reshape(scale, (-1, 1)),
+                dtype,
+            ),
+            strides=list(layer.strides),
+            padding=layer.padding,
+            output_padding=layer.output_padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+    kernel = scaled(layer.kernel)
+    if isinstance(layer, keras.layers.Dense):
+        return ops.matmul(x, kernel)
+    if layer.padding == "causal":  # Conv1D only
+        left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+        time = [left, 0]
+        if layer.data_format == "channels_last":
+            x = ops.pad(x, [[0, 0], time, [0, 0]])
+        else:
+            x = ops.pad(x, [[0, 0], [0, 0], time])
+        return ops.conv(
+            x,
+            kernel,
+            strides=list(layer.strides),
+            padding="valid",
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+    return layer.convolution_op(x, kernel)

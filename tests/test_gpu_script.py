@@ -1,0 +1,92 @@
+"""The GPU run script's plan: order, budgets, limits (no part is run)."""
+
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "gpu", "run.sh")
+PARTS = ["speed_jax", "recalibrate_jax", "speed_torch", "gap"]
+PER_CALL_LIMIT_S = 600
+PART = re.compile(r"^  part (\S+) +backend (\S+) +budget +(\d+) s: (.*)$")
+HEADER = re.compile(r"TOTAL_S=(\d+) s \(setup up to (\d+) s, (\d+) s kept")
+
+
+def _plan(*args, **env):
+    out = subprocess.run(
+        ["bash", SCRIPT, "--dry-run", *args], capture_output=True, text=True,
+        env={**os.environ, **env}, timeout=30, check=False)
+    return out
+
+
+def _parts(stdout):
+    return [PART.match(line).groups() for line in stdout.splitlines()
+            if PART.match(line)]
+
+
+def test_syntax():
+    assert subprocess.run(["bash", "-n", SCRIPT], timeout=30,
+                          check=False).returncode == 0
+
+
+def test_plan_order_budgets_and_limit():
+    out = _plan()
+    assert out.returncode == 0, out.stderr
+    parts = _parts(out.stdout)
+    assert [p[0] for p in parts] == PARTS
+    assert [p[1] for p in parts] == ["jax", "jax", "torch", "jax"]
+    budgets = [int(p[2]) for p in parts]
+    assert all(b >= 20 for b in budgets), budgets
+    total, setup, reserve = map(int, HEADER.search(out.stdout).groups())
+    assert sum(budgets) + setup + reserve <= total <= PER_CALL_LIMIT_S - 60
+    # The most valuable part gets the largest share.
+    assert budgets[0] == max(budgets)
+    commands = {p[0]: p[3] for p in parts}
+    for name in ("speed_jax", "speed_torch"):
+        assert "--image-size 224 --batch-size 64" in commands[name]
+        for arm in ("stock", "keras_trainable_false", "frozenbn", "fused",
+                    "folded"):
+            assert arm in commands[name].split("--arms ")[1].split()[0]
+    assert "--torchvision-peer" in commands["speed_torch"]
+    assert "--seeds 0,1" in commands["gap"]
+    for command in commands.values():
+        assert "--out " + os.path.join(ROOT, "benchmarks", "results", "gpu") \
+            in command
+
+
+def test_plan_follows_the_time_given():
+    parts = _parts(_plan(TOTAL_S="300").stdout)
+    assert sum(int(p[2]) for p in parts) == 300 - 90 - 15
+
+
+def test_selection_and_bad_part():
+    parts = _parts(_plan(PARTS="gap speed_jax", BACKENDS="jax").stdout)
+    assert [p[0] for p in parts] == ["gap", "speed_jax"]
+    bad = _plan(PARTS="speed_tf")
+    assert bad.returncode == 2 and "unknown part" in bad.stderr
+
+
+def test_download_plan_bundles_keras_and_scikit_image():
+    out = subprocess.run(["bash", SCRIPT, "--download", "--dry-run"],
+                         capture_output=True, text=True, timeout=30,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    wanted = [line.split()[-1] for line in out.stdout.splitlines()
+              if line.startswith("download: ")]
+    names = {w.split("==")[0] for w in wanted}
+    assert {"keras", "namex", "optree", "scikit-image"} <= names
+    assert all("==" in w for w in wanted)
+
+
+def test_gap_fallback_is_detected(monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "gpu"))
+    try:
+        import gap_seeds
+    finally:
+        sys.path.pop(0)
+    assert not gap_seeds.data_fallback(["--small"])
+    monkeypatch.setattr(gap_seeds.importlib.util, "find_spec",
+                        lambda name: None)
+    assert gap_seeds.data_fallback(["--full", "--arms", "stock"])
+    assert not gap_seeds.data_fallback(["--small"])
