@@ -397,7 +397,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="override the maximum number of epochs")
     parser.add_argument("--frozen-lr", type=float, default=None,
                         help="override the Adam learning rate of the arms "
-                        "that train with fixed statistics (default 1e-4)")
+                        "that train with fixed statistics (default 1e-5)")
     parser.add_argument("--tag", default="",
                         help="suffix of the result file names")
     parser.add_argument("--render", metavar="JSON", default=None,

@@ -4,15 +4,19 @@ The demo needs, offline, a *source* domain to pretrain a backbone on and a
 different *target* domain to fine-tune it on, each with a train and a
 held-out split:
 
-- source: patches of twelve public-domain / CC0 photographs and textures
-  bundled with scikit-image (bricks, grass, gravel, a camera man, coins,
-  the moon, printed pages, cells, the Hubble deep field, a stained tissue
-  sample, a retina), one class per picture, colour-jittered as pretraining
-  data is augmented;
-- target: handwritten digits (scikit-learn's copy of the UCI digits),
-  "scanned" as dark ink on tinted paper with sensor noise, labelled
-  0-4 (0) vs 5-9 (1); the training split is imbalanced (3:1), the held-out
-  split balanced.
+- source: handwritten digits (scikit-learn's copy of the UCI digits) in
+  a random colour over patches of twelve public-domain / CC0 photographs
+  and textures bundled with scikit-image (bricks, grass, gravel, a camera
+  man, coins, the moon, printed pages, cells, the Hubble deep field, a
+  stained tissue sample, a retina), colour-jittered, labelled 0-9: the
+  "MNIST-M" construction of domain-adaptation papers. Pretraining on it
+  learns digit shapes, as ImageNet pretraining learns what a user's
+  photos show;
+- target: other digits of the same set (no digit image is in both
+  domains), "scanned" as dark ink on tinted paper with sensor noise,
+  labelled 0-4 (0) vs 5-9 (1); the training split is imbalanced (3:1),
+  the held-out split balanced. Its image statistics are far from the
+  source's (plain paper, not photos), its content is not.
 
 `build_demo_data` makes them (see `data/README.md`); the result ships as
 `data/demo_data.npz` and `load_demo_data` reads it, so the demo needs
@@ -36,12 +40,12 @@ SOURCE_IMAGES = (
     "brick", "grass", "gravel", "camera", "coins", "moon", "page", "text",
     "cell", "hubble_deep_field", "immunohistochemistry", "retina",
 )
-"""scikit-image sample pictures of the source domain, one class each."""
+"""scikit-image sample pictures behind the source domain's digits."""
 
 GRID = 2
-"""Source pictures are cut into a GRID x GRID checkerboard: train patches
-come from one colour of cells, held-out patches from the other, so no pixel
-is in both."""
+"""Source pictures are cut into a GRID x GRID checkerboard: train
+backgrounds come from one colour of cells, held-out backgrounds from the
+other, so no pixel is in both."""
 
 
 class Split(NamedTuple):
@@ -73,8 +77,8 @@ def load_demo_data(path: Optional[str] = None) -> DemoData:
             to the file shipped with frozenbn.
 
     Returns:
-        A `DemoData` of `Domain`s of `Split`s: source labels 0-11 (one per
-        picture), target labels 0/1 (digit 0-4 / 5-9).
+        A `DemoData` of `Domain`s of `Split`s: source labels 0-9 (the
+        digit), target labels 0/1 (digit 0-4 / 5-9).
 
     Example:
 
@@ -111,19 +115,20 @@ def build_demo_data(
 ) -> DemoData:
     """Makes the demo images from scikit-image and scikit-learn data.
 
-    Source patches are random square crops (a side of 40 pixels up to a
-    checkerboard cell) resized to `image_size` with anti-aliasing, then
-    given a random brightness, contrast and colour balance. Target digits
-    (8x8, ink 0-16) are upsampled to `image_size` (bilinear) and drawn as
-    ink on paper with a per-image exposure change and Gaussian noise.
-    Deterministic for a given `seed`.
+    Digits (8x8, ink 0-16) are upsampled to `image_size` (bilinear). The
+    target's are drawn as ink on paper with a per-image exposure change and
+    Gaussian noise. The source's are drawn in a random colour over a random
+    square crop of a picture (a side of 40 pixels up to a checkerboard
+    cell, resized with anti-aliasing), then given a random brightness,
+    contrast and colour balance. The target's digits are drawn first; the
+    source's come from the digits left. Deterministic for a given `seed`.
 
     Args:
         path: Where to write the compressed `.npz` file, or `None` to only
             return the arrays. Defaults to the shipped file.
         image_size: Side of the square images, in pixels. Defaults to 32.
-        source_train: Source train patches (balanced over the pictures).
-        source_heldout: Source held-out patches.
+        source_train: Source train digits.
+        source_heldout: Source held-out digits.
         target_train: Target train digits per class: `(n_0, n_1)`.
             Defaults to `(192, 64)`, imbalanced 3:1.
         target_heldout: Target held-out digits, balanced.
@@ -140,15 +145,26 @@ def build_demo_data(
     >>> data.source.train.x.shape, list(data.target.train.y).count(1)
     ((12, 32, 32, 3), 2)
     """
+    from sklearn.datasets import load_digits
+
     rng = np.random.default_rng(seed)
+    digits = load_digits()
+    target, used = _target_domain(digits, target_train, target_heldout,
+                                  image_size, rng)
+    left = rng.permutation(np.setdiff1d(np.arange(len(digits.target)), used))
+    if source_train + source_heldout > len(left):
+        raise ValueError(
+            f"Only {len(left)} digits are left for the source domain; "
+            f"asked for {source_train} + {source_heldout}."
+        )
     pictures = [_sample_image(name) for name in SOURCE_IMAGES]
+    chosen = {"train": left[:source_train],
+              "heldout": left[source_train:source_train + source_heldout]}
     source = Domain(*(
-        _source_split(pictures, part, count, image_size, rng)
-        for part, count in (("train", source_train),
-                            ("heldout", source_heldout))
+        _source_split(digits, chosen[part], pictures, part, image_size, rng)
+        for part in ("train", "heldout")
     ))
-    data = DemoData(source, _target_domain(target_train, target_heldout,
-                                           image_size, rng))
+    data = DemoData(source, target)
     if path is not None:
         _save(data, path)
     return data
@@ -232,12 +248,17 @@ def _sample_image(name: str) -> np.ndarray:
     return image[..., :3]
 
 
-def _source_split(pictures, part, count, size, rng) -> Split:
-    labels = np.arange(count) % len(pictures)
-    rng.shuffle(labels)
-    x = np.stack([_crop(pictures[label], part, size, rng)
-                  for label in labels])
-    return Split(_jitter(x, rng), labels.astype(np.uint8))
+def _source_split(digits, chosen, pictures, part, size, rng) -> Split:
+    """Digits `chosen` in a random colour over crops of random pictures."""
+    backgrounds = np.stack([
+        _crop(pictures[rng.integers(len(pictures))], part, size, rng)
+        for _ in chosen
+    ]).astype(np.float32)
+    ink = _upsample(digits.images[chosen], size)
+    colour = rng.uniform(0.0, 255.0, (len(chosen), 1, 1, 3))
+    x = backgrounds * (1.0 - ink) + colour * ink
+    x = np.clip(np.round(x), 0, 255).astype(np.uint8)
+    return Split(_jitter(x, rng), digits.target[chosen].astype(np.uint8))
 
 
 def _crop(image: np.ndarray, part: str, size: int, rng) -> np.ndarray:
@@ -274,10 +295,8 @@ PAPER = (235.0, 225.0, 200.0)
 INK = (40.0, 40.0, 90.0)
 
 
-def _target_domain(train_counts, heldout, size, rng) -> Domain:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+def _target_domain(digits, train_counts, heldout, size, rng) -> tuple:
+    """The target `Domain` and the indices of the digits it uses."""
     labels = (digits.target >= 5).astype(np.uint8)
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in (0, 1)]
     half = heldout // 2
@@ -285,19 +304,25 @@ def _target_domain(train_counts, heldout, size, rng) -> Domain:
                             in zip(per_class, train_counts)])
     held = np.concatenate([index[n:n + half] for index, n
                            in zip(per_class, train_counts)])
-    return Domain(*(
+    domain = Domain(*(
         Split(_scan(digits.images[chosen], size, rng), labels[chosen])
         for chosen in (rng.permutation(train), rng.permutation(held))
     ))
+    return domain, np.concatenate([train, held])
 
 
 def _scan(digits: np.ndarray, size: int, rng) -> np.ndarray:
     """8x8 ink counts (0-16) to `size` RGB "scans": ink on tinted paper."""
-    from skimage.transform import resize
-
-    ink = np.stack([resize(d / 16.0, (size, size), order=1,
-                           anti_aliasing=False) for d in digits])[..., None]
+    ink = _upsample(digits, size)
     pixels = np.asarray(PAPER) * (1.0 - ink) + np.asarray(INK) * ink
     pixels += rng.uniform(-15.0, 15.0, (len(pixels), 1, 1, 1))
     pixels += rng.normal(0.0, 6.0, pixels.shape)
     return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
+def _upsample(digits: np.ndarray, size: int) -> np.ndarray:
+    """8x8 ink counts (0-16) to `(n, size, size, 1)` ink in [0, 1]."""
+    from skimage.transform import resize
+
+    return np.stack([resize(d / 16.0, (size, size), order=1,
+                            anti_aliasing=False) for d in digits])[..., None]

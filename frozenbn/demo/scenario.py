@@ -56,7 +56,9 @@ class ScenarioConfig:
         learning_rate: Adam learning rate of stock BN and of head-only
             training. Defaults to 1e-3 (the bug report's).
         frozen_learning_rate: Adam learning rate of arms that train the
-            backbone with fixed statistics. Defaults to 1e-4.
+            backbone with fixed statistics. Defaults to 1e-5, the rate of
+            Keras's transfer-learning guide: at 1e-4 the head's ReLU units
+            die in the first epochs on some seeds (docs/benchmarks.md).
         patience: `EarlyStopping` patience on the training loss.
         seed: Seed of everything (weights, shuffling, oversampling).
         max_source: Optional cap on source train images.
@@ -76,7 +78,7 @@ class ScenarioConfig:
     head_epochs: int = 2
     batch_size: int = 32
     learning_rate: float = 1e-3
-    frozen_learning_rate: float = 1e-4
+    frozen_learning_rate: float = 1e-5
     patience: int = 3
     seed: int = 0
     max_source: Optional[int] = None
