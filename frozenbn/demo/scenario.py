@@ -49,6 +49,7 @@ class ScenarioConfig:
             domain), `"imagenet"`, or a path to ResNet50 weights. Defaults
             to `None`.
         pretrain_epochs: Source-domain epochs when `weights` is `None`.
+            Defaults to 4.
         epochs: Maximum fine-tuning epochs (early stopping may end sooner).
         head_epochs: Epochs of head-only training in arms that train the
             head first (Keras's two-phase recipe).
@@ -73,7 +74,7 @@ class ScenarioConfig:
 
     image_size: int = 32
     weights: Optional[str] = None
-    pretrain_epochs: int = 2
+    pretrain_epochs: int = 4
     epochs: int = 12
     head_epochs: int = 2
     batch_size: int = 32
