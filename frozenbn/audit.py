@@ -27,8 +27,8 @@ _REMEDIES = (
     "fit optimized; (2) to fine-tune with fit == evaluate: `model = "
     "frozenbn.convert(model)` (after `frozenbn.recalibrate(model, "
     "train_data)` when the worst drift score is above 1.5), at a small "
-    "learning rate (Adam 1e-4 in the benchmark; Keras's transfer-learning "
-    "guide uses 1e-5).\nWith frozen statistics a failed run shows in fit "
+    "learning rate (Adam 1e-5, the rate of Keras's transfer-learning "
+    "guide and of the benchmark).\nWith frozen statistics a failed run shows in fit "
     "itself: a training loss stuck at ln 2 (0.693, two balanced classes) "
     "means the head collapsed to a constant; lower the learning rate."
 )
