@@ -296,12 +296,8 @@ def markdown(payload: dict) -> str:
         "## Every seed",
         "",
         seed_table(payload),
-        "",
-        f"{_report.environment_line(first.environment)} Total "
-        f"{seconds:.0f} s wall, {cpu:.0f} s CPU.",
-        "",
-        "Config of the first seed: `" + json.dumps(cfg) + "`",
-        "",
+        *results_lib.footer(first.environment, seconds, cpu, cfg,
+                            "Config of the first seed"),
     ]
     return "\n".join(lines)
 

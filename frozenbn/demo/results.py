@@ -185,15 +185,21 @@ def markdown_report(result: ScenarioResult, title: str) -> str:
     if result.audit:
         lines += ["", "`frozenbn.audit` of the pretrained backbone on the "
                   "target training images: " + _audit_line(result.audit)]
-    lines += [
+    lines += footer(env, result.seconds, result.cpu_seconds, cfg)
+    return "\n".join(lines)
+
+
+def footer(env: dict, seconds: float, cpu_seconds: float, config: dict,
+           label: str = "Config") -> list:
+    """Closing markdown lines: machine, wall and CPU time, the config."""
+    return [
         "",
-        f"{_report.environment_line(env)} Total {result.seconds:.0f} s "
-        f"wall, {result.cpu_seconds:.0f} s CPU.",
+        f"{_report.environment_line(env)} Total {seconds:.0f} s wall, "
+        f"{cpu_seconds:.0f} s CPU.",
         "",
-        "Config: `" + json.dumps(cfg) + "`",
+        f"{label}: `" + json.dumps(config) + "`",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _audit_line(audit: dict) -> str:
