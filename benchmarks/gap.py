@@ -5,9 +5,10 @@ seed with every arm of `frozenbn.demo.arms.GAP_ARMS`: stock Keras; Keras
 backbone `trainable=False`; Keras BN-only `trainable=False`;
 `frozenbn.convert` (frozen source statistics); `frozenbn.recalibrate` on the
 target, then `convert`; stock fine-tuning followed by `recalibrate`. Each
-arm fine-tunes ResNet50 with EarlyStopping and a best ModelCheckpoint
-reloaded with plain `keras.models.load_model` before it is evaluated on the
-same oversampled training batches and on held-out data.
+arm fine-tunes ResNet50 with EarlyStopping and a best ModelCheckpoint whose
+weights are loaded back from disk (recalibrated models: saved and reloaded with
+plain `keras.models.load_model`) before it is evaluated on the same
+oversampled training batches and on held-out data.
 
 Writes, per configuration and backend, `gap_<config>_<backend>_<cpu|gpu>`:
 `.json` (every seed's full result, the summary, the checks), `.md` (per-seed
@@ -273,8 +274,9 @@ def markdown(payload: dict) -> str:
         "recalibrated), the bug report's Sequential head, binary "
         "cross-entropy, batch size "
         f"{cfg['batch_size']}, up to {cfg['epochs']} epochs with "
-        "EarlyStopping and the best ModelCheckpoint reloaded with "
-        f"`keras.models.load_model`. Target: {data['target_train']} "
+        "EarlyStopping and the best ModelCheckpoint's weights loaded "
+        "back from disk (recalibrated models saved and reloaded with "
+        f"`keras.models.load_model`). Target: {data['target_train']} "
         f"training images ({'/'.join(map(str, data['target_train_per_class']))}"
         f" per class), oversampled to {data['target_train_oversampled']}; "
         f"{data['target_heldout']} held out. {len(runs)} seeds: "

@@ -166,8 +166,9 @@ def markdown_report(result: ScenarioResult, title: str) -> str:
         "",
         f"ResNet50 {cfg['image_size']}x{cfg['image_size']} "
         f"(weights={cfg['weights']}), the bug report's Sequential head, "
-        "Adam, binary cross-entropy, EarlyStopping and a best "
-        "ModelCheckpoint reloaded with `keras.models.load_model`. "
+        "Adam, binary cross-entropy, EarlyStopping and the best "
+        "ModelCheckpoint's weights loaded back from disk (recalibrated "
+        "models saved and reloaded with `keras.models.load_model`). "
         f"{data['target_train']} target training images "
         f"({data['target_train_oversampled']} after oversampling the "
         f"minority class), {data['target_heldout']} held out; `fit loss` is "

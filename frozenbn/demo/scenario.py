@@ -104,9 +104,10 @@ def run_scenario(
         config: A `ScenarioConfig`. Defaults to `ScenarioConfig()`.
         arms: Names from `arms.ARMS`, run in this order; an arm derived
             from another must come after it. Defaults to `arms.DEMO_ARMS`.
-        checkpoint_dir: Where the `.keras` checkpoints go. Defaults to a
-            temporary folder deleted at the end (ResNet50 checkpoints with
-            their optimizer state are about 280 MB each).
+        checkpoint_dir: Where the checkpoints go: each trained arm's best
+            weights (`NAME.weights.h5`, about 95 MB for ResNet50) and each
+            recalibrated arm's model (`NAME.keras`). Defaults to a temporary
+            folder deleted at the end.
         verbose: 0 for silence, 1 for a progress bar per stage.
 
     Returns:
@@ -150,16 +151,19 @@ def _run(data, config, arms, workdir, verbose) -> ScenarioResult:
     _say(verbose, f"audit of the pretrained backbone on the target: "
                   f"{audit['recommendation']}")
     pretrained = backbone.get_weights()
-    results, paths = [], {}
+    bases = {arms_lib.ARMS[name].derived_from for name in arms}
+    results, trained = [], {}
     for index, name in enumerate(arms, 1):
         arm = arms_lib.ARMS[name]
         _say(verbose, f"[{index}/{len(arms)}] {arm.label}")
         if arm.derived_from:
-            result = _recalibrated_arm(arm, results, paths, target, config,
+            result = _recalibrated_arm(arm, results, trained, target, config,
                                        workdir)
         else:
-            result, paths[name] = _train_arm(arm, backbone, pretrained,
-                                             target, config, workdir, verbose)
+            result, model = _train_arm(arm, backbone, pretrained, target,
+                                       config, workdir, verbose)
+            if name in bases:
+                trained[name] = model
         results.append(result)
     return ScenarioResult(
         config=dataclasses.asdict(config),
@@ -246,7 +250,10 @@ def _train_arm(arm, backbone, pretrained, target, config, workdir, verbose):
         arm_backbone.trainable = True
     lr = config.frozen_learning_rate if arm.frozen_lr else config.learning_rate
     _compile(model, lr)
-    path = os.path.join(workdir, f"{arm.name}.keras")
+    # The best epoch's weights (not the optimizer's state: a third of the
+    # bytes of a `.keras` file) are checkpointed and loaded back into the
+    # same model, whose evaluate function is then already traced.
+    path = os.path.join(workdir, f"{arm.name}.weights.h5")
     timer = training.EpochTimer()
     callbacks = [timer]
     if config.curves:
@@ -254,7 +261,8 @@ def _train_arm(arm, backbone, pretrained, target, config, workdir, verbose):
                                                          config.batch_size))
     callbacks += [
         keras.callbacks.ModelCheckpoint(path, monitor="loss",
-                                        save_best_only=True),
+                                        save_best_only=True,
+                                        save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="loss",
                                       patience=config.patience),
         training.Progress(config.epochs, verbose),
@@ -263,10 +271,9 @@ def _train_arm(arm, backbone, pretrained, target, config, workdir, verbose):
     history = model.fit(x, y, batch_size=config.batch_size,
                         epochs=config.epochs, verbose=0,
                         callbacks=callbacks).history
-    del model
-    reloaded = keras.models.load_model(path)
-    return _measure(arm, lr, history, timer.seconds, reloaded, target,
-                    config), path
+    model.load_weights(path)
+    return _measure(arm, lr, history, timer.seconds, model, target,
+                    config), model
 
 
 def _compile(model, learning_rate):
@@ -274,14 +281,17 @@ def _compile(model, learning_rate):
                   metrics=["accuracy"])
 
 
-def _recalibrated_arm(arm, results, paths, target, config, workdir):
+def _recalibrated_arm(arm, results, trained, target, config, workdir):
+    """Recalibrates a copy of a trained arm's model; measures it reloaded."""
     from frozenbn.recalibrate import recalibrate
 
     base = next(r for r in results if r.name == arm.derived_from)
-    model = keras.models.load_model(paths[arm.derived_from])
+    base_path = os.path.join(workdir, f"{arm.derived_from}.keras")
+    trained[arm.derived_from].save(base_path)
+    model = keras.models.load_model(base_path)
+    path = os.path.join(workdir, f"{arm.name}.keras")
     recalibrate(model, target.train.x, verbose=0,
                 batch_size=config.batch_size)
-    path = os.path.join(workdir, f"{arm.name}.keras")
     model.save(path)
     reloaded = keras.models.load_model(path)
     history = {k: v for k, v in base.curves.items()
