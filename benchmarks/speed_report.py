@@ -33,6 +33,14 @@ TARGETS = {
     ),
 }
 
+STRICT = {"memory_frozenbn_over_fused"}
+"""Targets met only above their threshold (a ratio of 1 is no gain)."""
+
+
+def comparator(name: str) -> str:
+    """How a target's value must compare with its threshold."""
+    return ">" if name in STRICT else ">="
+
 
 def targets(result: dict) -> dict:
     """Each target's value, threshold and whether it is met."""
@@ -57,9 +65,9 @@ def targets(result: dict) -> dict:
     out = {}
     for name, (target, source) in TARGETS.items():
         value = values[name]
-        met = None if value is None else value >= target
-        if name == "memory_frozenbn_over_fused" and value is not None:
-            met = value > target
+        met = None
+        if value is not None:
+            met = value > target if name in STRICT else value >= target
         out[name] = {"value": value, "target": target, "source": source,
                      "met": met}
     return out
@@ -175,7 +183,8 @@ def markdown(result: dict) -> str:
     lines += _exactness_lines(result)
     if result.get("targets"):
         rows = [
-            [name, fmt(t["value"]), f">= {t['target']}", t["source"],
+            [name, fmt(t["value"]), f"{comparator(name)} {t['target']}",
+             t["source"],
              "n/a" if t["met"] is None else ("yes" if t["met"] else "no")]
             for name, t in result["targets"].items()
         ]

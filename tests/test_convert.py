@@ -8,7 +8,7 @@ import frozenbn
 from tests import testing
 
 # Under `pytest -n N` one worker runs the whole module
-# (`conftest.SHARED_WORKER_MODULES`), so its module fixtures are built once.
+# (`testing.SHARED_WORKER_MODULES`), so its module fixtures are built once.
 
 
 def _resnet(**kwargs):

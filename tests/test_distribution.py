@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 # Under `pytest -n N` one worker runs the whole module
-# (`conftest.SHARED_WORKER_MODULES`), so its module fixtures are built once.
+# (`testing.SHARED_WORKER_MODULES`), so its module fixtures are built once.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tests", "distributed_scenarios.py")

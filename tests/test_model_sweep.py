@@ -6,7 +6,7 @@ so a new model is swept without editing this file. Each model is built
 once, with random weights and randomized BN statistics at a small input
 size, by a module-scoped parametrized fixture: pytest runs every check of
 one model before it builds the next (under `pytest -n N`, all in one
-worker: `conftest.worker_scope`). The larger variants of each
+worker: `testing.worker_scope`). The larger variants of each
 `keras.applications` family are marked `slow`.
 """
 
