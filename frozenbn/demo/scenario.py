@@ -105,7 +105,8 @@ def run_scenario(
         arms: Names from `arms.ARMS`, run in this order; an arm derived
             from another must come after it. Defaults to `arms.DEMO_ARMS`.
         checkpoint_dir: Where the checkpoints go: each trained arm's best
-            weights (`NAME.weights.h5`, about 95 MB for ResNet50) and each
+            weights (`NAME.weights.h5`; Keras 3 writes the optimizer's
+            state into it too, about 280 MB for ResNet50) and each
             recalibrated arm's model (`NAME.keras`). Defaults to a temporary
             folder deleted at the end.
         verbose: 0 for silence, 1 for a progress bar per stage.
@@ -250,9 +251,9 @@ def _train_arm(arm, backbone, pretrained, target, config, workdir, verbose):
         arm_backbone.trainable = True
     lr = config.frozen_learning_rate if arm.frozen_lr else config.learning_rate
     _compile(model, lr)
-    # The best epoch's weights (not the optimizer's state: a third of the
-    # bytes of a `.keras` file) are checkpointed and loaded back into the
-    # same model, whose evaluate function is then already traced.
+    # The best epoch's weights are checkpointed and loaded back into the
+    # same model, whose evaluate function is then already traced (a reloaded
+    # `.keras` model traces its functions again).
     path = os.path.join(workdir, f"{arm.name}.weights.h5")
     timer = training.EpochTimer()
     callbacks = [timer]
