@@ -10,6 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from frozenbn import _advice
 from frozenbn import _checks
 from frozenbn import _data
 from frozenbn import _math
@@ -20,13 +21,16 @@ from frozenbn import _walk
 logger = logging.getLogger(__name__)
 
 _REMEDIES = (
-    "Remedies: (1) keep training as it is and recalibrate before "
-    "evaluate/save: `frozenbn.recalibrate(model, train_data)`; (2) fine-tune "
-    "with frozen statistics: `model = frozenbn.convert(model)` (or "
-    "`frozenbn.callbacks.FreezeBatchNorm`).\nWith frozen statistics use a "
-    "low learning rate (Adam 1e-5..1e-4, as Keras's transfer-learning guide "
-    "does): a backbone no longer normalized by batch statistics can diverge "
-    "at 1e-3."
+    "Remedies (measured in docs/benchmarks.md): (1) a model already "
+    "trained with batch statistics: `frozenbn.recalibrate(model, "
+    "train_data)` before evaluate/save, so the saved model computes what "
+    "fit optimized; (2) to fine-tune with fit == evaluate: `model = "
+    "frozenbn.convert(model)` (after `frozenbn.recalibrate(model, "
+    "train_data)` when the worst drift score is above 1.5), at a small "
+    "learning rate (Adam 1e-5, the rate of Keras's transfer-learning "
+    "guide and of the benchmark).\nWith frozen statistics a failed run shows in fit "
+    "itself: a training loss stuck at ln 2 (0.693, two balanced classes) "
+    "means the head collapsed to a constant; lower the learning rate."
 )
 
 
@@ -82,6 +86,9 @@ class AuditReport:
         mean_output_diff: Mean absolute difference between them.
         samples: Number of samples audited.
         steps: Number of batches audited.
+        recommendation: The remedy these measurements point to, with a
+            one-line reason (`frozenbn._advice.recommend`); computed from
+            `layers` and `ratio` when not given.
     """
 
     model_name: str
@@ -93,6 +100,15 @@ class AuditReport:
     mean_output_diff: float
     samples: int
     steps: int
+    recommendation: Optional[_advice.Recommendation] = None
+
+    def __post_init__(self):
+        if self.recommendation is None:
+            self.recommendation = _advice.recommend(
+                [a.score for a in self.layers],
+                [a.batch_statistics_in_fit for a in self.layers],
+                self.ratio,
+            )
 
     def to_dict(self) -> dict:
         """A JSON-serializable dict (non-finite numbers become `None`)."""
@@ -139,6 +155,7 @@ class AuditReport:
             )
         else:
             lines.append("No BatchNormalization layer saw the data.")
+        lines.append(f"Recommendation: {self.recommendation}.")
         lines.append(_REMEDIES)
         return "\n".join(lines)
 

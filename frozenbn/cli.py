@@ -98,10 +98,12 @@ def _add_demo(commands) -> None:
         "demo",
         help="fine-tune ResNet50 on real images: stock Keras vs frozenbn",
         description="Runs the fit-vs-evaluate scenario end to end: ResNet50 "
-        "pretrained on one image domain, fine-tuned on a shifted one with "
-        "stock Keras BatchNormalization, with frozenbn.convert, and with "
-        "frozenbn.recalibrate. Prints a table and writes results.json, "
-        "results.md and results.png (per-epoch curves) to --out.",
+        "pretrained on one image domain, fine-tuned on another (imbalanced, "
+        "oversampled) with stock Keras BatchNormalization, with stock "
+        "training then frozenbn.recalibrate, with frozenbn.convert (frozen "
+        "statistics), and with Keras's BN trainable=False. "
+        "Prints a table and writes results.json, results.md and results.png "
+        "(per-epoch curves) to --out.",
     )
     demo.add_argument("--weights", default="none", metavar="PATH|imagenet|none",
                       help="ResNet50 weights: 'none' (random init, "
@@ -110,9 +112,9 @@ def _add_demo(commands) -> None:
     demo.add_argument("--data", metavar="DIR",
                       help="your own target images: DIR/class_a/*.png, "
                       "DIR/class_b/*.png (a quarter is held out); default: "
-                      "the shipped photo patches")
+                      "the shipped handwritten digits")
     demo.add_argument("--epochs", type=_positive_int, default=None,
-                      help="maximum fine-tuning epochs (default 5; 2 with "
+                      help="maximum fine-tuning epochs (default 12; 2 with "
                       "--quick)")
     demo.add_argument("--image-size", type=_image_size, default=32,
                       help="input side in pixels, >= 32 (default 32)")
@@ -120,14 +122,14 @@ def _add_demo(commands) -> None:
                       help="batch size (default 32)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--arms", default=None,
-                      help="comma-separated arms (default: stock,frozenbn,"
-                      "stock_recalibrated); all: " + _arm_names())
+                      help="comma-separated arms (default: stock,"
+                      "stock_recalibrated,frozenbn,keras_bn_frozen); all: "
+                      + _arm_names())
     demo.add_argument("--out", default="frozenbn-demo", metavar="DIR",
                       help="output folder (default ./frozenbn-demo)")
     demo.add_argument("--quick", action="store_true",
                       help="a tiny run for tests and a first look: 128 "
-                      "images, 2 epochs, no source pretraining (under a "
-                      "minute on a laptop CPU)")
+                      "images, 2 epochs, no source pretraining")
     demo.set_defaults(run=_run_demo)
 
 
@@ -202,53 +204,58 @@ def _add_recalibrate(commands) -> None:
 
 
 def _run_demo(args) -> int:
-    from frozenbn.demo import data as demo_data
+    from frozenbn.demo import arms as demo_arms
+    from frozenbn.demo import images as demo_images
+    from frozenbn.demo import results as demo_results
     from frozenbn.demo import scenario
 
     start = time.perf_counter()
-    arms = _parse_arms(args.arms, scenario)
+    arms = _parse_arms(args.arms, demo_arms)
     config = _demo_config(args, scenario)
-    data = _demo_data(args, demo_data)
+    data = _demo_data(args, demo_images)
     result = scenario.run_scenario(data, config, arms, verbose=1)
-    paths = scenario.write_results(
+    paths = demo_results.write_results(
         result, args.out, "results", title="frozenbn demo: fit vs evaluate"
     )
     print()
     print(result.table())
     print()
-    print(scenario.verdict(result))
+    print(demo_results.verdict(result))
     print(f"wrote {', '.join(paths)} in {time.perf_counter() - start:.0f} s")
     return 0
 
 
 def _demo_config(args, scenario):
     quick = args.quick
+    defaults = scenario.ScenarioConfig()
     return scenario.ScenarioConfig(
         image_size=args.image_size,
         weights=None if args.weights.lower() == "none" else args.weights,
-        pretrain_epochs=0 if quick else 2,
-        epochs=args.epochs or (2 if quick else 5),
+        pretrain_epochs=0 if quick else defaults.pretrain_epochs,
+        epochs=args.epochs or (2 if quick else defaults.epochs),
+        head_epochs=1 if quick else defaults.head_epochs,
         batch_size=args.batch_size,
         seed=args.seed,
-        max_source=128 if quick else 384,
+        max_source=128 if quick else None,
         max_target=128 if quick else None,
+        deterministic=True,
     )
 
 
-def _demo_data(args, demo_data):
-    shipped = demo_data.load_demo_data()
+def _demo_data(args, demo_images):
+    shipped = demo_images.load_demo_data()
     if args.data is None:
         return shipped
-    x, y, names = demo_data.load_image_folder(args.data, args.image_size)
+    x, y, names = demo_images.load_image_folder(args.data, args.image_size)
     if len(names) != 2:
         raise CliError(
             f"the demo classifies two classes; {args.data} has "
             f"{len(names)} class subfolder(s): {', '.join(names)}"
         )
-    target = demo_data.split_heldout(x, y, seed=args.seed)
+    target = demo_images.split_heldout(x, y, seed=args.seed)
     if len(target.heldout.x) == 0:
         raise CliError(f"too few images in {args.data} to hold some out")
-    return demo_data.DemoData(shipped.source, target)
+    return demo_images.DemoData(shipped.source, target)
 
 
 def _run_convert(args) -> int:
@@ -369,11 +376,11 @@ def _input_size(model) -> int:
     return int(shape[1])
 
 
-def _parse_arms(text: Optional[str], scenario) -> tuple:
+def _parse_arms(text: Optional[str], demo_arms) -> tuple:
     if text is None:
-        return scenario.DEMO_ARMS
+        return demo_arms.DEMO_ARMS
     arms = tuple(a.strip() for a in text.split(",") if a.strip())
-    unknown = [a for a in arms if a not in scenario.ARMS]
+    unknown = [a for a in arms if a not in demo_arms.ARMS]
     if unknown:
         raise CliError(
             f"unknown arm(s) {', '.join(unknown)}; choose from {_arm_names()}"
@@ -383,7 +390,8 @@ def _parse_arms(text: Optional[str], scenario) -> tuple:
 
 def _arm_names() -> str:
     return ("stock, keras_backbone_frozen, keras_bn_frozen, frozenbn, "
-            "frozenbn_recalibrated, stock_recalibrated")
+            "frozenbn_recalibrated, stock_recalibrated, keras_guide, "
+            "frozenbn_guide")
 
 
 def _positive_int(text: str) -> int:

@@ -1,7 +1,7 @@
 """Tests of the demo data, the fit-vs-evaluate scenario and `frozenbn demo`.
 
-The two scenario tests train ResNet50 (32x32, a few hundred images) and take
-about a minute each on a 2-core CPU.
+The scenario tests train ResNet50 (32x32, a few hundred images): about a
+minute per trained arm on a 2-core CPU.
 """
 
 import json
@@ -13,17 +13,20 @@ import pytest
 
 import frozenbn
 from frozenbn.cli import main
-from frozenbn.demo import data as demo_data
+from frozenbn.demo import arms as demo_arms
+from frozenbn.demo import images as demo_images
 from frozenbn.demo import scenario
+from frozenbn.demo import training
+from frozenbn import _images
 from tests import testing
 
 
-# Stock's gap at the suite's sizes: evaluate at least 3x fit, twice the
-# 1.5 that every remedy must stay under. After two epochs stock's checkpoint
-# predicts a near-constant, so its evaluate loss saturates at 8.55 and the
-# ratio is 8.55 / fit loss: 10x and more on TensorFlow, 5.4x-5.8x on JAX and
-# torch (fit loss 1.35-1.6), where a machine's rounding moves fit's loss by
-# more than the margin to issue 14's 5x (its bar for the full demo).
+# Stock's gap in the scenario test: evaluate at least 3x fit (twice the 1.5
+# that every remedy must stay under) AND at least 5x the evaluate loss of the
+# same weights recalibrated, so the statistics are what makes it. Issue 14's
+# bar, ratio >= 5 on every seed, is for the full demo and is checked by
+# benchmarks/gap.py on 5 seeds; at 8 epochs a run measured 4.77 and 3.11
+# (seeds 0, 1: evaluate loss 0.891 and 0.693, recalibrated 0.080 and 0.097).
 GAP = 3.0
 
 
@@ -42,53 +45,70 @@ def _write_folder(root, sizes=((20, 30), (40, 40)), per_class=3):
 
 
 def test_load_demo_data_shapes_and_balance():
-    data = demo_data.load_demo_data()
+    data = demo_images.load_demo_data()
     for domain in data:
         for split in domain:
             assert split.x.dtype == np.uint8 and split.y.dtype == np.uint8
             assert split.x.shape[1:] == (32, 32, 3)
             assert len(split.x) == len(split.y) > 0
-            assert abs(split.y.mean() - 0.5) < 0.05
-    # The target domain is shifted: color photos vs grayscale textures.
-    source_x, target_x = data.source.train.x, data.target.train.x
-    assert np.array_equal(source_x[..., 0], source_x[..., 1])
-    assert not np.array_equal(target_x[..., 0], target_x[..., 1])
+    # Source: digits 0-9 over pictures, every digit present.
+    counts = np.bincount(data.source.train.y)
+    assert len(counts) == 10 and counts.min() >= 40, counts
+    assert (len(data.source.train.x), len(data.source.heldout.x)) == (768, 128)
+    # Target: imbalanced 3:1 for training, balanced held out, disjoint.
+    assert np.bincount(data.target.train.y).tolist() == [192, 64]
+    assert np.bincount(data.target.heldout.y).tolist() == [256, 256]
+    train = {x.tobytes() for x in data.target.train.x}
+    assert not any(x.tobytes() in train for x in data.target.heldout.x)
 
 
 def test_build_demo_data_is_deterministic(tmp_path):
     pytest.importorskip("skimage")
-    sizes = dict(source_train=6, source_heldout=4, target_train=6,
+    pytest.importorskip("sklearn")
+    sizes = dict(source_train=12, source_heldout=12, target_train=(6, 2),
                  target_heldout=4)
     path = tmp_path / "d.npz"
-    built = demo_data.build_demo_data(str(path), **sizes)
-    again = demo_data.build_demo_data(None, **sizes)
-    loaded = demo_data.load_demo_data(str(path))
+    built = demo_images.build_demo_data(str(path), **sizes)
+    again = demo_images.build_demo_data(None, **sizes)
+    loaded = demo_images.load_demo_data(str(path))
     for a, b in zip(built.target.train, loaded.target.train):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(built.source.heldout.x,
                                   again.source.heldout.x)
+    assert np.bincount(built.target.train.y).tolist() == [6, 2]
+
+
+def test_oversample_balances_and_keeps_every_image():
+    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    y = np.array([0] * 7 + [1] * 3, np.uint8)
+    split = demo_images.oversample(demo_images.Split(x, y), seed=3)
+    assert np.bincount(split.y).tolist() == [7, 7]
+    assert set(split.x.ravel()) == set(range(10))
+    np.testing.assert_array_equal(split.y, (split.x.ravel() >= 7))
+    again = demo_images.oversample(demo_images.Split(x, y), seed=3)
+    np.testing.assert_array_equal(split.x, again.x)
 
 
 def test_load_image_folder(tmp_path):
     root = _write_folder(tmp_path / "imgs")
-    x, y, names = demo_data.load_image_folder(str(root), 16)
+    x, y, names = demo_images.load_image_folder(str(root), 16)
     assert names == ["class_a", "class_b"]
     assert x.shape == (6, 16, 16, 3) and x.dtype == np.uint8
     np.testing.assert_array_equal(y, [0, 0, 0, 1, 1, 1])
     assert x[y == 0][..., 0].min() == 255 and x[y == 1][..., 1].min() == 255
-    domain = demo_data.split_heldout(x, y, fraction=0.34)
+    domain = demo_images.split_heldout(x, y, fraction=0.34)
     assert len(domain.train.x) == 4 and len(domain.heldout.x) == 2
     assert sorted(domain.heldout.y) == [0, 1]
 
 
 def test_load_image_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
-        demo_data.load_image_folder(str(tmp_path / "missing"))
+        demo_images.load_image_folder(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="No class subfolders"):
-        demo_data.load_image_folder(str(tmp_path))
+        demo_images.load_image_folder(str(tmp_path))
     os.makedirs(tmp_path / "a")
     with pytest.raises(ValueError, match="No images found"):
-        demo_data.load_image_folder(str(tmp_path))
+        demo_images.load_image_folder(str(tmp_path))
 
 
 def test_unknown_and_misordered_arms():
@@ -98,35 +118,65 @@ def test_unknown_and_misordered_arms():
         scenario.run_scenario(None, arms=("stock_recalibrated", "stock"))
 
 
-def test_scenario_gap_closed_by_convert(tmp_path):
-    """The core issue: stock Keras's fit and evaluate disagree; frozenbn's
-    agree. ResNet50 (weights=None) pretrained for one epoch on 128 source
-    textures, fine-tuned for two epochs on 192 target photos, the best
-    checkpoint reloaded from disk with plain `keras.models.load_model`."""
-    config = scenario.ScenarioConfig(
-        pretrain_epochs=1, epochs=2, max_source=128, max_target=192,
-        curves=False, seed=0,
-    )
+SCENARIO = dict(curves=False)
+"""The scenario test's size: the demo's own (4 source epochs on 768 images,
+up to 12 epochs on the 256 target images, 384 once oversampled, 512 held
+out), without the per-epoch curves. Smaller sizes do not test the recipe:
+at 2 source epochs and 6 target epochs the frozen arm reached 0.695 and
+0.635 held-out (seeds 0, 1), at Adam 1e-5 it needs its epochs."""
+
+
+@pytest.mark.skipif(
+    keras.config.backend() != "tensorflow",
+    reason="trains ResNet50 four times per seed (about 5 minutes on a "
+    "2-core CPU): CI runs it in the TensorFlow job only; the demo's code is "
+    "backend-agnostic and test_demo_quick runs it on every backend",
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scenario_remedies_learn_and_stock_has_the_gap(tmp_path, seed):
+    """The core issue, at a small size, on two seeds: stock Keras's
+    evaluate() loss on its own training batches is far above its fit()
+    loss; each remedy the README recommends agrees with fit() AND learns
+    (held-out accuracy clearly above chance, not a constant predictor).
+    Each arm is measured with its best checkpoint's weights loaded back
+    from disk; the recalibrated one after a `.keras` save and a plain
+    `keras.models.load_model`.
+    """
+    config = scenario.ScenarioConfig(**SCENARIO, seed=seed)
+    arms = ("stock", "stock_recalibrated", "frozenbn")
     result = scenario.run_scenario(
-        demo_data.load_demo_data(), config, ("stock", "frozenbn"),
+        demo_images.load_demo_data(), config, arms,
         checkpoint_dir=str(tmp_path), verbose=0,
     )
-    stock, frozen = result.arm("stock"), result.arm("frozenbn")
-    assert os.path.isfile(tmp_path / "frozenbn.keras")
-    assert stock.ratio >= GAP, result.table()
-    assert frozen.ratio <= 1.5, result.table()
-    _check_audit_pinpoints_the_gap(str(tmp_path / "stock.keras"))
+    table = result.table()
+    stock = result.arm("stock")
+    assert stock.ratio > GAP, table
+    assert stock.eval_loss > 5 * result.arm("stock_recalibrated").eval_loss
+    for name in arms[1:]:
+        arm = result.arm(name)
+        assert arm.ratio <= 1.5, table
+        # Chance is 0.5 (balanced held-out digits).
+        assert arm.heldout_accuracy >= 0.65, table
+        assert arm.heldout_accuracy >= stock.heldout_accuracy, table
+        assert not arm.constant, table
+    assert os.path.isfile(tmp_path / "frozenbn.weights.h5")
+    assert os.path.isfile(tmp_path / "stock_recalibrated.keras")
+    if seed == 0:
+        _check_audit_pinpoints_the_gap(str(tmp_path / "stock.keras"), result)
 
 
-def _check_audit_pinpoints_the_gap(path):
+def _check_audit_pinpoints_the_gap(path, result):
     """`audit` on the stock checkpoint of the scenario names the layers that
-    cause the gap: recalibrating only its five worst-ranked BN layers closes
-    the gap far more than recalibrating its five best-ranked ones."""
-    target = demo_data.load_demo_data().target.train
-    x = scenario.preprocess(target.x[:192], 32)
-    y = target.y[:192].astype("float32")
-    report = frozenbn.audit(keras.models.load_model(path), (x, y))
-    assert report.ratio >= GAP, str(report)
+    cause the gap (recalibrating only its five worst-ranked BN layers
+    closes the gap far more than recalibrating its five best-ranked ones)
+    and recommends recalibrating."""
+    target = demo_images.load_demo_data().target.train
+    x = _images.preprocess(target.x, "caffe", 32)
+    y = target.y.astype("float32")
+    report = frozenbn.audit(keras.models.load_model(path), (x, y),
+                            batch_size=16)
+    assert report.ratio > 5, str(report)
+    assert report.recommendation.remedy == "recalibrate", str(report)
     names = [layer.name for layer in report.layers]
     assert len(names) == 53
 
@@ -148,63 +198,86 @@ def _check_audit_pinpoints_the_gap(path):
     assert worst < report.inference_loss, (worst, str(report))
 
 
-def test_demo_quick_writes_results_with_the_pattern(tmp_path, capsys):
+def test_demo_quick_writes_results(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "evaluate loss" in printed and "held-out acc" in printed
+    assert "audit of the pretrained backbone" in printed
     for name in ("results.json", "results.md", "results.png"):
         assert (out / name).stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
     arms = {arm["name"]: arm for arm in results["arms"]}
-    assert list(arms) == list(scenario.DEMO_ARMS)
+    assert list(arms) == list(demo_arms.DEMO_ARMS)
     assert results["environment"]["backend"]
-    assert arms["stock"]["ratio"] >= GAP
-    assert arms["frozenbn"]["ratio"] <= 1.5
+    assert results["config"]["deterministic"] is True
+    assert results["cpu_seconds"] > 0
+    # Recalibrated (exact) or frozen statistics: these two agree with fit()
+    # at any size.
     assert arms["stock_recalibrated"]["ratio"] <= 1.5
+    assert arms["frozenbn"]["ratio"] <= 1.5
     assert len(arms["stock"]["curves"]["eval_loss"]) == arms["stock"][
         "epochs_run"]
     assert "| arm |" in (out / "results.md").read_text()
 
 
 def _small_backbone():
+    inner = keras.Sequential([
+        keras.Input((8, 8, 4)),
+        keras.layers.Conv2D(4, 1),
+        keras.layers.BatchNormalization(),
+    ], name="inner")
     return keras.Sequential([
         keras.Input((8, 8, 3)),
-        keras.layers.Conv2D(4, 3),
+        keras.layers.Conv2D(4, 3, padding="same"),
         keras.layers.BatchNormalization(),
+        inner,
     ])
 
 
 def test_arm_preparations():
     x = np.random.default_rng(0).normal(3.0, 1.0, (16, 8, 8, 3))
-    backbone = scenario.ARMS["keras_backbone_frozen"].prepare(
+    backbone = demo_arms.ARMS["keras_backbone_frozen"].prepare(
         _small_backbone(), x)
     assert not backbone.trainable_weights
 
-    backbone = scenario.ARMS["keras_bn_frozen"].prepare(_small_backbone(), x)
-    assert not backbone.layers[1].trainable and backbone.layers[0].trainable
-
-    backbone = scenario.ARMS["frozenbn"].prepare(_small_backbone(), x)
-    bn = backbone.layers[1]
-    assert isinstance(bn, frozenbn.BatchNormalization) and bn.frozen
-    assert bn.trainable
+    # Keras BN trainable=False reaches nested models too, and nothing else.
+    backbone = demo_arms.ARMS["keras_bn_frozen"].prepare(
+        _small_backbone(), x)
+    bns = [l for l in frozenbn._walk.iter_layers(backbone)
+           if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(bns) == 2 and not any(bn.trainable for bn in bns)
+    assert backbone.layers[0].trainable and backbone.layers[2].layers[0].trainable
+    # ... and the guide's `backbone.trainable = False`, then `= True`
+    # silently undoes it, while frozenbn's freeze survives.
+    backbone.trainable = False
+    backbone.trainable = True
+    assert all(bn.trainable for bn in bns)
+    converted = demo_arms.ARMS["frozenbn"].prepare(_small_backbone(), x)
+    converted.trainable = False
+    converted.trainable = True
+    bns = [l for l in frozenbn._walk.iter_layers(converted)
+           if isinstance(l, frozenbn.BatchNormalization)]
+    assert len(bns) == 2 and all(bn.frozen and bn.trainable for bn in bns)
 
     original = _small_backbone()
-    backbone = scenario.ARMS["frozenbn_recalibrated"].prepare(original, x)
+    backbone = demo_arms.ARMS["frozenbn_recalibrated"].prepare(original, x)
     bn = backbone.layers[1]
-    assert bn.frozen
+    assert isinstance(bn, frozenbn.BatchNormalization) and bn.frozen
     assert not np.allclose(keras.ops.convert_to_numpy(bn.moving_mean), 0.0)
+    assert demo_arms.ARMS["keras_guide"].head_first
+    assert demo_arms.ARMS["stock_recalibrated"].derived_from == "stock"
 
 
 def test_user_folder_and_local_weights_file_end_to_end(tmp_path, capsys):
     """The real loading paths, offline: a user's image folder and a local
     ResNet50 weights file (what `weights="imagenet"` reads from Keras's
     cache), through `frozenbn demo`."""
-    backbone = scenario.build_backbone(None, 32)
+    backbone = training.build_backbone(None, 32)
     testing.randomize_batch_norm(backbone)
     weights = tmp_path / "resnet50.weights.h5"
     backbone.save_weights(weights)
-    loaded = scenario.build_backbone(str(weights), 32)
+    loaded = training.build_backbone(str(weights), 32)
     testing.assert_weights_equal(backbone, loaded)
 
     folder = _write_folder(tmp_path / "photos", per_class=8)
@@ -217,3 +290,38 @@ def test_user_folder_and_local_weights_file_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["weights"] == str(weights)
     assert results["data"]["target_train"] + results["data"]["target_heldout"] == 16
+
+
+@pytest.mark.smoke
+def test_keras_guide_trap():
+    """Keras's transfer-learning recipe on the bug report's Sequential model:
+    BN `trainable=False`, `backbone.trainable = False` to train the head,
+    then `backbone.trainable = True` to fine-tune. The last step silently
+    puts Keras's BN layers back on batch statistics, so `fit` and
+    `evaluate` compute different functions again (measured with `audit`);
+    frozenbn's `frozen=True` survives it and they stay equal."""
+    x = np.random.default_rng(0).normal(3.0, 2.0, (32, 8, 8, 3))
+    y = (x[:, 0, 0, :1] > 3.0).astype("float32")
+    results = {}
+    for name in ("keras_bn_frozen", "frozenbn"):
+        backbone = demo_arms.ARMS[name].prepare(_small_backbone(), x)
+        model = keras.Sequential([
+            keras.Input((8, 8, 3)), backbone,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ])
+        before = frozenbn.audit(model, (x, y), loss="binary_crossentropy")
+        backbone.trainable = False
+        backbone.trainable = True
+        after = frozenbn.audit(model, (x, y), loss="binary_crossentropy")
+        results[name] = (before, after)
+    keras_before, keras_after = results["keras_bn_frozen"]
+    assert not any(a.batch_statistics_in_fit for a in keras_before.layers)
+    assert keras_before.max_output_diff == 0.0
+    assert all(a.batch_statistics_in_fit for a in keras_after.layers)
+    assert keras_after.max_output_diff > 0.01, str(keras_after)
+    assert keras_after.ratio != pytest.approx(1.0, abs=1e-3)
+    for report in results["frozenbn"]:
+        assert not any(a.batch_statistics_in_fit for a in report.layers)
+        assert report.max_output_diff == 0.0
+        assert report.ratio == pytest.approx(1.0, abs=1e-6)

@@ -1,10 +1,11 @@
-"""Smoke test of benchmarks/gap.py at its `--tiny` size."""
+"""Smoke test of benchmarks/gap.py at its `--tiny` size, and its docs blocks."""
 
 import importlib.util
 import json
 import os
 
 import keras
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,31 +18,64 @@ def _load_gap():
     return module
 
 
-def test_gap_tiny_writes_json_markdown_and_plot(tmp_path, capsys):
+def test_gap_tiny_two_seeds_writes_json_markdown_and_plots(tmp_path, capsys):
     gap = _load_gap()
     # One trained arm and one derived from it keep this to one ResNet50
-    # trace; every arm's preparation is tested in test_demo.py.
-    code = gap.main(["--tiny", "--arms", "stock,stock_recalibrated",
-                     "--out", str(tmp_path)])
+    # trace per seed; every arm's preparation is tested in test_demo.py.
+    code = gap.main(["--tiny", "--seeds", "0,3", "--arms",
+                     "stock,stock_recalibrated", "--out", str(tmp_path)])
     assert code == 0
-    kind = "gpu" if json.loads(
-        next(tmp_path.glob("*.json")).read_text()
-    )["environment"]["accelerator"] else "cpu"
+    payload = json.loads(next(tmp_path.glob("*.json")).read_text())
+    kind = "gpu" if payload["runs"][0]["environment"]["accelerator"] else "cpu"
     stem = tmp_path / f"gap_tiny_{keras.config.backend()}_{kind}"
-    for suffix in (".json", ".md", ".png"):
-        assert stem.with_suffix(suffix).stat().st_size > 0
-    payload = json.loads(stem.with_suffix(".json").read_text())
-    assert payload["benchmark"] == "gap"
-    assert payload["config_name"] == "tiny"
-    assert [arm["name"] for arm in payload["arms"]] == [
-        "stock", "stock_recalibrated"]
-    for arm in payload["arms"]:
-        for key in ("fit_loss", "fit_accuracy", "eval_loss", "ratio",
-                    "heldout_accuracy", "seconds_per_epoch", "curves"):
-            assert key in arm
-    assert "stock ratio > 10" in payload["targets"]
-    env = payload["environment"]
-    assert env["device"] and env["keras"] and env["backend_version"]
+    for suffix in (".json", ".md", ".png", "_curves.png"):
+        assert (tmp_path / (stem.name + suffix)).stat().st_size > 0
+    assert payload["benchmark"] == "gap" and payload["warnings"] == []
+    assert [run["config"]["seed"] for run in payload["runs"]] == [0, 3]
+    for run in payload["runs"]:
+        assert [arm["name"] for arm in run["arms"]] == [
+            "stock", "stock_recalibrated"]
+        for arm in run["arms"]:
+            for key in ("fit_loss", "eval_loss", "ratio", "heldout_accuracy",
+                        "heldout_prediction_std", "constant", "curves"):
+                assert key in arm
+        assert run["audit"]["recommendation"]
+    ratios = [run["arms"][0]["ratio"] for run in payload["runs"]]
+    mean = payload["summary"]["stock"]["ratio"]["mean"]
+    assert mean == pytest.approx(sum(ratios) / 2)
+    assert "stock: eval/fit >= 5 on every seed" in payload["checks"]
     markdown = stem.with_suffix(".md").read_text()
-    assert "## Targets" in markdown and env["device"] in markdown
+    env = payload["runs"][0]["environment"]
+    assert "## Mean ± std over seeds" in markdown and env["device"] in markdown
     assert "eval/fit" in capsys.readouterr().out
+
+    # --render rewrites the same files from the JSON alone.
+    os.remove(stem.with_suffix(".md"))
+    assert gap.main(["--render", str(stem.with_suffix(".json"))]) == 0
+    assert stem.with_suffix(".md").read_text() == markdown
+
+
+def test_docs_show_the_committed_gap_results():
+    """The summary blocks of the docs are the ones rendered from the
+    committed results file (`gap.py --render JSON --docs` rewrites them)."""
+    gap = _load_gap()
+    name = "gap_small_tensorflow_cpu.json"
+    path = os.path.join(REPO, "benchmarks", "results", name)
+    with open(path, encoding="utf-8") as f:
+        payload = json.load(f)
+    block = gap.docs_block(payload, name)
+    for page, marker in gap.DOCS.items():
+        with open(os.path.join(REPO, page), encoding="utf-8") as f:
+            text = f.read()
+        assert gap.replace_block(text, marker, block) == text, (
+            f"{page} is stale: run python benchmarks/gap.py --render "
+            f"benchmarks/results/{name} --docs")
+
+
+def test_replace_block():
+    gap = _load_gap()
+    text = "a\n<!-- m:begin -->\nold\n<!-- m:end -->\nb"
+    assert gap.replace_block(text, "m", "new") == (
+        "a\n<!-- m:begin -->\nnew\n<!-- m:end -->\nb")
+    with pytest.raises(ValueError, match="No <!-- x:begin/end -->"):
+        gap.replace_block(text, "x", "new")

@@ -1,16 +1,19 @@
 """The fit-vs-evaluate demo: small real images and the scenario on them.
 
-- `frozenbn.demo.data`: the shipped source/target image patches
-  (`load_demo_data`), how they were made (`build_demo_data`), and a user's
-  own class-per-subfolder images (`load_image_folder`).
-- `frozenbn.demo.scenario`: ResNet50 pretrained on the source domain and
-  fine-tuned on the target domain, one arm per way of handling
-  BatchNormalization (`run_scenario`), used by `frozenbn demo` and
-  `benchmarks/gap.py`.
+- `frozenbn.demo.images`: the shipped source/target images
+  (`load_demo_data`), how they were made (`build_demo_data`), oversampling,
+  and a user's own class-per-subfolder images (`load_image_folder`).
+- `frozenbn.demo.arms`: the ways of handling BatchNormalization compared.
+- `frozenbn.demo.training`: the backbone, its source pretraining, the bug
+  report's head, and the callbacks that record the curves.
+- `frozenbn.demo.scenario`: the scenario end to end (`run_scenario`), used
+  by `frozenbn demo` and `benchmarks/gap.py`.
+- `frozenbn.demo.results` and `frozenbn.demo.plots`: what a run measured,
+  as tables, JSON, markdown and PNG.
 """
 
-from frozenbn.demo.data import load_demo_data
-from frozenbn.demo.data import load_image_folder
+from frozenbn.demo.images import load_demo_data
+from frozenbn.demo.images import load_image_folder
 from frozenbn.demo.scenario import ScenarioConfig
 from frozenbn.demo.scenario import run_scenario
 

@@ -1,0 +1,237 @@
+"""What a scenario run measured, and how it is written: tables, JSON, markdown.
+
+`ArmResult` holds one arm's numbers, `ScenarioResult` a whole run (the
+arms, the configuration and the machine). `verdict` reads a run in a few
+sentences; `write_results` writes it as JSON, markdown and a PNG of the
+per-epoch curves.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from frozenbn import _report
+from frozenbn.demo import plots
+
+CONSISTENT_RATIO = 1.5
+"""An arm is consistent when its evaluate/fit loss ratio is at most this
+(the bug is one-sided: `evaluate()` may be better than `fit()`, which runs
+Dropout)."""
+
+GAP_RATIO = 5.0
+"""An arm has the gap when its evaluate/fit loss ratio is above this (the
+bug report's 1.7 / 0.2 is about 8)."""
+
+
+@dataclasses.dataclass
+class ArmResult:
+    """What one arm measured.
+
+    `fit_*` are the `fit()` logs of the epoch that was checkpointed (the
+    best training loss); `eval_*` come from `evaluate()` of the checkpoint
+    reloaded from disk, on the same (oversampled) training batches;
+    `heldout_*` on the held-out images. `heldout_prediction_std` is the
+    standard deviation of the held-out predicted probabilities (near 0: a
+    constant predictor). `curves` holds per-epoch lists.
+    """
+
+    name: str
+    label: str
+    learning_rate: float
+    epochs_run: int
+    best_epoch: int
+    fit_loss: float
+    fit_accuracy: float
+    fit_loss_last: float
+    eval_loss: float
+    eval_accuracy: float
+    heldout_loss: float
+    heldout_accuracy: float
+    heldout_prediction_std: float
+    seconds_per_epoch: float
+    curves: dict
+
+    @property
+    def ratio(self) -> float:
+        """`evaluate()` loss on the training data over the `fit()` loss."""
+        return self.eval_loss / max(self.fit_loss, 1e-12)
+
+    @property
+    def constant(self) -> bool:
+        """Whether the reloaded model predicts (nearly) one value for all."""
+        return self.heldout_prediction_std < 0.01
+
+
+@dataclasses.dataclass
+class ScenarioResult:
+    """The arms' results with the configuration and environment."""
+
+    config: dict
+    arms: list
+    data: dict
+    environment: dict
+    seconds: float
+    cpu_seconds: float = float("nan")
+    audit: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> "ScenarioResult":
+        """Rebuilds a result from `to_dict()` output (e.g. a JSON file)."""
+        fields = {f.name for f in dataclasses.fields(ArmResult)}
+        arms = [ArmResult(**{k: v for k, v in arm.items() if k in fields})
+                for arm in payload["arms"]]
+        return cls(config=payload["config"], arms=arms, data=payload["data"],
+                   environment=payload["environment"],
+                   seconds=payload["seconds"],
+                   cpu_seconds=payload.get("cpu_seconds") or float("nan"),
+                   audit=payload.get("audit") or {})
+
+    def arm(self, name: str) -> ArmResult:
+        """The result of the arm called `name`."""
+        for result in self.arms:
+            if result.name == name:
+                return result
+        raise KeyError(f"No arm named {name!r}; ran {self.names}.")
+
+    @property
+    def names(self) -> list:
+        """Names of the arms, in run order."""
+        return [result.name for result in self.arms]
+
+    def to_dict(self) -> dict:
+        """A JSON-serializable dict (ratios included)."""
+        arms = [{**dataclasses.asdict(r), "ratio": r.ratio,
+                 "constant": r.constant} for r in self.arms]
+        return {
+            "config": self.config,
+            "data": self.data,
+            "environment": self.environment,
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "audit": self.audit,
+            "arms": arms,
+        }
+
+    def table(self, markdown: bool = False) -> str:
+        """The results table, as aligned text or as markdown."""
+        header = ["arm", "lr", "fit loss", "evaluate loss (same data)",
+                  "eval/fit", "fit acc", "evaluate acc", "held-out acc",
+                  "s/epoch"]
+        rows = [
+            [r.label, f"{r.learning_rate:g}", f"{r.fit_loss:.4g}",
+             f"{r.eval_loss:.4g}", f"{r.ratio:.3g}", f"{r.fit_accuracy:.3f}",
+             f"{r.eval_accuracy:.3f}", f"{r.heldout_accuracy:.3f}",
+             f"{r.seconds_per_epoch:.2f}"]
+            for r in self.arms
+        ]
+        return _report.format_table(header, rows, markdown)
+
+
+def verdict(result: ScenarioResult) -> str:
+    """A few sentences that read the table: which arms have a gap.
+
+    An arm "has the gap" when its `evaluate()` loss on the training data is
+    more than `GAP_RATIO` times the `fit()` loss, or its `evaluate()`
+    accuracy is more than 0.1 below the `fit()` accuracy; it is
+    "consistent" at a ratio <= `CONSISTENT_RATIO`. A reloaded model whose
+    held-out predictions are (nearly) constant is called out.
+    """
+    lines = []
+    for arm in result.arms:
+        drop = arm.fit_accuracy - arm.eval_accuracy
+        if arm.ratio > GAP_RATIO:
+            state = (f"GAP: evaluate() on the training data is "
+                     f"{arm.ratio:.3g}x the fit() loss")
+        elif arm.ratio <= CONSISTENT_RATIO:
+            state = "consistent: evaluate() loss agrees with fit()"
+        else:
+            state = f"evaluate() loss is {arm.ratio:.3g}x the fit() loss"
+        if drop > 0.1:
+            state += (f"; GAP in accuracy: evaluate() {arm.eval_accuracy:.3f}"
+                      f" vs fit() {arm.fit_accuracy:.3f}")
+        if arm.constant:
+            state += "; the saved model predicts a constant"
+        lines.append(f"- {arm.label}: {state}; held-out accuracy "
+                     f"{arm.heldout_accuracy:.3f}.")
+    return "\n".join(lines)
+
+
+def markdown_report(result: ScenarioResult, title: str) -> str:
+    """The results as a markdown document (table, reading, setup)."""
+    env, cfg, data = result.environment, result.config, result.data
+    lines = [
+        f"# {title}",
+        "",
+        f"ResNet50 {cfg['image_size']}x{cfg['image_size']} "
+        f"(weights={cfg['weights']}), the bug report's Sequential head, "
+        "Adam, binary cross-entropy, EarlyStopping and the best "
+        "ModelCheckpoint's weights loaded back from disk (recalibrated "
+        "models saved and reloaded with `keras.models.load_model`). "
+        f"{data['target_train']} target training images "
+        f"({data['target_train_oversampled']} after oversampling the "
+        f"minority class), {data['target_heldout']} held out; `fit loss` is "
+        "the checkpointed epoch's, `evaluate loss` is the reloaded "
+        "checkpoint's on the same oversampled training batches.",
+        "",
+        result.table(markdown=True),
+        "",
+        verdict(result),
+        "",
+        f"Adam learning rates: {cfg['learning_rate']:g} (stock BN, frozen "
+        f"backbone) and {cfg['frozen_learning_rate']:g} (backbone trained "
+        "with fixed statistics).",
+    ]
+    if result.audit:
+        lines += ["", "`frozenbn.audit` of the pretrained backbone on the "
+                  "target training images: " + _audit_line(result.audit)]
+    lines += footer(env, result.seconds, result.cpu_seconds, cfg)
+    return "\n".join(lines)
+
+
+def footer(env: dict, seconds: float, cpu_seconds: float, config: dict,
+           label: str = "Config") -> list:
+    """Closing markdown lines: machine, wall and CPU time, the config."""
+    return [
+        "",
+        f"{_report.environment_line(env)} Total {seconds:.0f} s wall, "
+        f"{cpu_seconds:.0f} s CPU.",
+        "",
+        f"{label}: `" + json.dumps(config) + "`",
+        "",
+    ]
+
+
+def _audit_line(audit: dict) -> str:
+    return (f"worst layer score {audit['max_score']:.3g}, mean score "
+            f"{audit['mean_score']:.3g}; recommendation: "
+            f"{audit['recommendation']}.")
+
+
+def write_results(
+    result: ScenarioResult, out_dir: str, stem: str, title: str
+) -> list:
+    """Writes `<stem>.json`, `<stem>.md` and `<stem>.png` into `out_dir`.
+
+    Args:
+        result: The `ScenarioResult`.
+        out_dir: Output folder, created if missing.
+        stem: File name without extension.
+        title: Heading of the markdown file.
+
+    Returns:
+        The three paths.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, stem)
+    _report.write_json(result.to_dict(), base + ".json")
+    with open(base + ".md", "w", encoding="utf-8") as f:
+        f.write(markdown_report(result, title))
+    plots.plot_curves(result, base + ".png")
+    return [base + ".json", base + ".md", base + ".png"]
+
+
+def heldout_prediction_std(predictions) -> float:
+    """Standard deviation of predicted probabilities (0: a constant)."""
+    return float(np.std(np.asarray(predictions, dtype=np.float64)))

@@ -1,0 +1,176 @@
+"""The models of the scenario and the callbacks that watch them train.
+
+- `build_backbone`: ResNet50 without its top, random or given weights.
+- `pretrain_backbone`: a short source-domain training, then `recalibrate`,
+  so the statistics are converged as after a long pretraining.
+- `build_classifier`: the bug report's Sequential head on a backbone.
+- `EvaluateOnTrainingData`, `EpochTimer`, `Progress`: callbacks.
+"""
+
+import os
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+
+
+def build_backbone(weights: Optional[str], image_size: int) -> keras.Model:
+    """A ResNet50 feature extractor (`include_top=False`).
+
+    Args:
+        weights: `None`/`"none"` (random init), `"imagenet"` (downloaded by
+            Keras, or read from its cache), or a local weights file.
+        image_size: Side of the square RGB input (at least 32).
+
+    Returns:
+        The backbone model.
+    """
+    if weights in (None, "none"):
+        weights = None
+    elif weights != "imagenet" and not os.path.isfile(weights):
+        raise FileNotFoundError(f"ResNet50 weights file not found: {weights}")
+    return keras.applications.ResNet50(
+        weights=weights, include_top=False,
+        input_shape=(image_size, image_size, 3),
+    )
+
+
+def pretrain_backbone(
+    backbone: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    verbose: int = 1,
+) -> dict:
+    """Trains `backbone` briefly on the source domain, then recalibrates.
+
+    A softmax head over the source classes on global-average-pooled
+    features is trained for `epochs` with Adam; then the backbone's BN
+    statistics are set to their exact population values on the source
+    images with `frozenbn.recalibrate`: the converged state of a long
+    pretraining run (a few epochs of momentum 0.99 leave them half at
+    their initial 0/1).
+
+    Args:
+        backbone: The backbone, trained in place.
+        x: Source images, preprocessed.
+        y: Integer source labels.
+        epochs: Training epochs; 0 only recalibrates.
+        batch_size: Batch size.
+        learning_rate: Adam learning rate.
+        seed: Seed of the head and the shuffling.
+        verbose: 0 or 1.
+
+    Returns:
+        `{"accuracy": ...}`: the last epoch's training accuracy (`None`
+        for 0 epochs).
+    """
+    from frozenbn.recalibrate import recalibrate
+
+    accuracy = None
+    if epochs > 0:
+        keras.utils.set_random_seed(seed)
+        classes = int(np.max(y)) + 1
+        model = keras.Sequential([
+            keras.Input(x.shape[1:]), backbone,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(classes, activation="softmax"),
+        ])
+        model.compile(keras.optimizers.Adam(learning_rate),
+                      "sparse_categorical_crossentropy", metrics=["accuracy"])
+        history = model.fit(x, y, batch_size=batch_size, epochs=epochs,
+                            verbose=0, callbacks=[Progress(epochs, verbose)])
+        accuracy = float(history.history["accuracy"][-1])
+    recalibrate(backbone, x, verbose=0, batch_size=batch_size)
+    return {"accuracy": accuracy}
+
+
+def build_classifier(backbone: keras.Model, seed: int = 0) -> keras.Model:
+    """The bug report's Sequential head on `backbone`, seeded.
+
+    Args:
+        backbone: A feature extractor with a 4D output.
+        seed: Seed of the head's initial weights.
+
+    Returns:
+        `Sequential([backbone, GAP, Dense 64 relu, Dropout .5, Dense 64,
+        Dropout .5, Dense 1 sigmoid])`.
+    """
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input(backbone.input_shape[1:]),
+        backbone,
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(64),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ], name="classifier")
+
+
+class EvaluateOnTrainingData(keras.callbacks.Callback):
+    """Evaluates the model on its training data after every epoch.
+
+    Adds `eval_loss` and `eval_accuracy` (inference mode: moving BN
+    statistics, no dropout) to the epoch logs, next to the `loss` that
+    `fit()` reports for the same images, so `History` records both curves.
+
+    Args:
+        x: Training images.
+        y: Training labels.
+        batch_size: Evaluation batch size. Defaults to 32.
+    """
+
+    def __init__(self, x, y, batch_size: int = 32):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        scores = self.model.evaluate(self.x, self.y, verbose=0,
+                                     batch_size=self.batch_size,
+                                     return_dict=True)
+        logs["eval_loss"] = float(scores["loss"])
+        logs["eval_accuracy"] = float(scores.get("accuracy", np.nan))
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records the wall time of every epoch in `seconds`."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+class Progress(keras.callbacks.Callback):
+    """A Keras progress bar over epochs, with the latest losses."""
+
+    def __init__(self, epochs: int, verbose: int):
+        super().__init__()
+        self.verbose = verbose
+        self.bar = keras.utils.Progbar(
+            epochs, verbose=verbose, unit_name="epoch",
+            stateful_metrics=["loss", "eval_loss"],
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        values = [(k, logs[k]) for k in ("loss", "eval_loss") if k in logs]
+        self.bar.update(epoch + 1, values=values)
+
+    def on_train_end(self, logs=None):
+        if self.verbose and self.bar._seen_so_far < self.bar.target:
+            self.bar.update(self.bar.target, finalize=True)

@@ -1,0 +1,107 @@
+"""Tests of `frozenbn._advice.recommend` and its place in `audit`."""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import frozenbn
+from frozenbn import _advice
+
+pytestmark = pytest.mark.smoke
+
+
+@pytest.mark.parametrize(
+    "scores, in_fit, ratio, remedy",
+    [
+        ([0.2, 1.4], [True, True], None, _advice.FREEZE),
+        ([0.2, 1.4], [False, False], None, _advice.NONE),
+        ([0.2, 1.6], [True, True], None, _advice.RECALIBRATE_THEN_FREEZE),
+        ([0.2, 1.6], [False, False], None, _advice.RECALIBRATE_THEN_FREEZE),
+        ([0.2, math.nan], [True, True], None, _advice.RECALIBRATE_THEN_FREEZE),
+        ([0.2, 3.0], [True, True], 40.0, _advice.RECALIBRATE),
+        ([0.2, 0.3], [True, False], 6.0, _advice.RECALIBRATE),
+        ([0.2, 0.3], [True, True], math.inf, _advice.RECALIBRATE),
+        ([0.2, 0.3], [True, True], 4.9, _advice.FREEZE),
+        # The gap with every layer already on moving statistics: the frozen
+        # statistics are what is wrong.
+        ([0.2, 0.3], [False, False], 40.0, _advice.RECALIBRATE_THEN_FREEZE),
+        ([], [], None, _advice.NONE),
+    ],
+)
+def test_recommend_rule(scores, in_fit, ratio, remedy):
+    advice = _advice.recommend(scores, in_fit, ratio)
+    assert advice.remedy == remedy, advice
+    assert advice.reason and "\n" not in advice.reason
+    assert str(advice).startswith(remedy + ": ")
+
+
+def test_recommend_reason_names_the_measurements():
+    advice = _advice.recommend([0.1, 2.5], [True, True], ratio=12.0)
+    assert "2.5" in advice.reason and "12" in advice.reason
+    assert "frozenbn.recalibrate" in advice.reason
+    advice = _advice.recommend([0.1, 2.5], [True, True])
+    assert "1.5" in advice.reason and "frozenbn.convert" in advice.reason
+
+
+def test_recommend_thresholds_are_arguments():
+    assert _advice.recommend([2.0], [True]).remedy == (
+        _advice.RECALIBRATE_THEN_FREEZE)
+    assert _advice.recommend([2.0], [True], drift_score=3.0).remedy == (
+        _advice.FREEZE)
+    assert _advice.recommend([0.1], [True], 3.0, gap_ratio=2.0).remedy == (
+        _advice.RECALIBRATE)
+
+
+def test_recommend_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="one entry per layer"):
+        _advice.recommend([0.1, 0.2], [True])
+
+
+def _model():
+    return keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(4),
+        keras.layers.BatchNormalization(),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ])
+
+
+def test_audit_reports_the_recommendation_it_measures():
+    """Moving statistics 0/1 on data of mean 5: recalibrate, then freeze;
+    after recalibrating: freeze; after converting: nothing to do."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(5.0, 2.0, (64, 4)).astype("float32")
+    model = _model()
+    report = frozenbn.audit(model, x)
+    assert report.layers[0].score > _advice.DRIFT_SCORE
+    assert report.recommendation.remedy == _advice.RECALIBRATE_THEN_FREEZE
+    assert "Recommendation: recalibrate then freeze" in str(report)
+    as_json = json.loads(json.dumps(report.to_dict()))
+    assert as_json["recommendation"]["remedy"] == "recalibrate then freeze"
+
+    frozenbn.recalibrate(model, x, verbose=0)
+    report = frozenbn.audit(model, x)
+    assert report.layers[0].score < 1e-3
+    assert report.recommendation.remedy == _advice.FREEZE
+
+    report = frozenbn.audit(frozenbn.convert(model), x)
+    assert report.recommendation.remedy == _advice.NONE
+
+
+def test_audit_recommends_recalibrate_for_a_model_with_the_gap():
+    rng = np.random.default_rng(1)
+    x = rng.normal(5.0, 2.0, (64, 4)).astype("float32")
+    y = (x[:, :1] > 5.0).astype("float32")
+    model = _model()
+    # Inference on moving statistics 0/1 saturates the sigmoid: a large
+    # evaluate loss against the batch-normalized fit-mode loss.
+    model.layers[0].set_weights([np.eye(4, dtype="float32"),
+                                 np.zeros(4, "float32")])
+    model.layers[2].set_weights([np.array([[3.0], [0], [0], [0]], "float32"),
+                                 np.zeros(1, "float32")])
+    report = frozenbn.audit(model, (x, y), loss="binary_crossentropy")
+    assert report.ratio > _advice.GAP_RATIO, str(report)
+    assert report.recommendation.remedy == _advice.RECALIBRATE
