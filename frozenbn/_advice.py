@@ -112,23 +112,33 @@ def recommend(
             "frozenbn.recalibrate(model, train_data) before you evaluate "
             "or save (and freeze before training further)",
         )
-    if worst > drift_score or has_gap:
+    if worst > drift_score:
         return Recommendation(
             RECALIBRATE_THEN_FREEZE,
-            f"{measured} > {drift_score:g}: the moving statistics do not "
-            "fit this data; frozenbn.recalibrate on it, then "
+            f"{measured}; drift above {drift_score:g}: the moving statistics "
+            "do not fit this data; frozenbn.recalibrate on it, then "
             "frozenbn.convert (frozen) to fine-tune",
+        )
+    if has_gap:
+        # Every layer already normalizes with its moving statistics in fit,
+        # and they fit the data: the gap is measured, its cause is not.
+        return Recommendation(
+            RECALIBRATE_THEN_FREEZE,
+            f"{measured}; ratio above {gap_ratio:g} although fit normalizes "
+            "no layer with batch statistics: recompute the statistics with "
+            "frozenbn.recalibrate on this data, then frozenbn.convert "
+            "(frozen) to fine-tune",
         )
     if in_fit:
         return Recommendation(
             FREEZE,
-            f"{measured} <= {drift_score:g}: the moving statistics fit "
-            f"this data, but fit normalizes {in_fit} layer(s) with batch "
-            "statistics; frozenbn.convert (frozen) keeps fit and evaluate "
-            "the same",
+            f"{measured}; drift at most {drift_score:g}: the moving "
+            f"statistics fit this data, but fit normalizes {in_fit} "
+            "layer(s) with batch statistics; frozenbn.convert (frozen) "
+            "keeps fit and evaluate the same",
         )
     return Recommendation(
         NONE,
-        f"{measured} <= {drift_score:g}, and fit already uses the moving "
-        "statistics: fit and evaluate compute the same function",
+        f"{measured}; drift at most {drift_score:g}, and fit already uses "
+        "the moving statistics: fit and evaluate compute the same function",
     )

@@ -46,6 +46,21 @@ def test_recommend_reason_names_the_measurements():
     assert "1.5" in advice.reason and "frozenbn.convert" in advice.reason
 
 
+def test_recommend_reason_compares_each_measurement_with_its_threshold():
+    # The ratio is never compared with the drift threshold, nor the drift
+    # score with the ratio's.
+    advice = _advice.recommend([0.2, 0.3], [True, True], ratio=4.9)
+    assert advice.reason.startswith(
+        "worst layer drift score 0.3, evaluate/fit loss ratio 4.9; drift at "
+        "most 1.5: "), advice
+    advice = _advice.recommend([0.2, 2.5], [False, False], ratio=40.0)
+    assert "drift above 1.5" in advice.reason, advice
+    advice = _advice.recommend([0.2, 0.3], [False, False], ratio=40.0)
+    assert "ratio above 5" in advice.reason, advice
+    assert "no layer with batch statistics" in advice.reason, advice
+    assert "<=" not in advice.reason and "drift above" not in advice.reason
+
+
 def test_recommend_thresholds_are_arguments():
     assert _advice.recommend([2.0], [True]).remedy == (
         _advice.RECALIBRATE_THEN_FREEZE)
