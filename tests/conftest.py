@@ -5,11 +5,13 @@ import os
 # one thread per core, a torch run of the suite on 2 cores with `-n 2`
 # measured 1.5x slower. Set before the backend is imported; an explicit
 # OMP_NUM_THREADS wins.
+# The cores are those this process may run on (a container's CPU set),
+# not the host's count.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    os.environ.setdefault(
-        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS))
-    )
+    _CORES = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+              else os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _CORES // _WORKERS)))
 
 import keras
 import numpy as np
