@@ -160,10 +160,10 @@ def test_scenario_each_remedy_learns(tmp_path, seed):
     assert os.path.isfile(tmp_path / "frozenbn.weights.h5")
     assert os.path.isfile(tmp_path / "stock_recalibrated.keras")
     if seed == 0:
-        _check_audit_pinpoints_the_gap(str(tmp_path / "stock.keras"), result)
+        _check_audit_pinpoints_the_gap(str(tmp_path / "stock.keras"))
 
 
-def _check_audit_pinpoints_the_gap(path, result):
+def _check_audit_pinpoints_the_gap(path):
     """`audit` on the stock checkpoint of the scenario follows what it
     measures: with the gap (ratio above `_advice.GAP_RATIO`) it recommends
     recalibrating and names the layers that cause it (recalibrating only
