@@ -68,11 +68,17 @@ REMEDIES = tuple(a for a in arms_lib.DEMO_ARMS
 """The remedies the README recommends (checked on every seed)."""
 
 DOCS = {
-    "docs/benchmarks.md": "gap-summary",
-    "docs/index.md": "gap-summary",
+    "gap_small_tensorflow_cpu.json": {
+        "docs/benchmarks.md": "gap-summary",
+        "docs/index.md": "gap-summary",
+    },
+    "gap_small_seeds5-7_tensorflow_cpu.json": {
+        "docs/benchmarks.md": "gap-seeds5-7",
+    },
 }
-"""Pages with a block `<!-- NAME:begin -->...<!-- NAME:end -->` that
-`--docs` rewrites from the results file."""
+"""Per committed results file, the pages with a block
+`<!-- MARKER:begin -->...<!-- MARKER:end -->` that `--docs` rewrites from
+it."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -310,13 +316,19 @@ def update_docs(json_path: str, root: Optional[str] = None) -> list:
     Returns:
         The pages changed.
     """
+    name = os.path.basename(json_path)
+    if name not in DOCS:
+        raise ValueError(
+            f"No docs page shows {name}; the files with a docs block are "
+            f"{sorted(DOCS)}. Render it without --docs, or add it to DOCS."
+        )
     root = root or os.path.dirname(_common.RESULTS_DIR.rstrip(os.sep))
     root = os.path.dirname(root)
     with open(json_path, encoding="utf-8") as f:
         payload = json.load(f)
-    block = docs_block(payload, os.path.basename(json_path))
+    block = docs_block(payload, name)
     changed = []
-    for page, marker in DOCS.items():
+    for page, marker in DOCS[name].items():
         path = os.path.join(root, page)
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -402,8 +414,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="only rewrite the .md and .png of a results "
                         ".json from its numbers (no training)")
     parser.add_argument("--docs", action="store_true",
-                        help="with --render: also rewrite the summary "
-                        "blocks of docs/index.md and docs/benchmarks.md")
+                        help="with --render: also rewrite the docs "
+                        "blocks that show this results file (gap.DOCS)")
     parser.add_argument("--out", default=_common.RESULTS_DIR,
                         help="output folder (default benchmarks/results/)")
     return parser

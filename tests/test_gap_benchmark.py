@@ -55,21 +55,31 @@ def test_gap_tiny_two_seeds_writes_json_markdown_and_plots(tmp_path, capsys):
     assert stem.with_suffix(".md").read_text() == markdown
 
 
-def test_docs_show_the_committed_gap_results():
+@pytest.mark.parametrize("name", sorted(_load_gap().DOCS))
+def test_docs_show_the_committed_gap_results(name):
     """The summary blocks of the docs are the ones rendered from the
-    committed results file (`gap.py --render JSON --docs` rewrites them)."""
+    committed results files (`gap.py --render JSON --docs` rewrites them)."""
     gap = _load_gap()
-    name = "gap_small_tensorflow_cpu.json"
     path = os.path.join(REPO, "benchmarks", "results", name)
     with open(path, encoding="utf-8") as f:
         payload = json.load(f)
     block = gap.docs_block(payload, name)
-    for page, marker in gap.DOCS.items():
+    for page, marker in gap.DOCS[name].items():
         with open(os.path.join(REPO, page), encoding="utf-8") as f:
             text = f.read()
         assert gap.replace_block(text, marker, block) == text, (
             f"{page} is stale: run python benchmarks/gap.py --render "
             f"benchmarks/results/{name} --docs")
+
+
+def test_docs_refuse_a_results_file_no_page_shows(tmp_path):
+    """`--docs` with another results file (a tagged side run) must not
+    overwrite the committed run's summary."""
+    gap = _load_gap()
+    path = tmp_path / "gap_small_lr1e-3_tensorflow_cpu.json"
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="No docs page shows"):
+        gap.update_docs(str(path))
 
 
 def test_replace_block():
