@@ -147,6 +147,11 @@ def checks(runs: Sequence[results_lib.ScenarioResult]) -> dict:
         out[f"{label}: eval/fit <= 1.5 on every seed"] = _check(
             max(a.ratio for a in arms) <= 1.5,
             _values([a.ratio for a in arms], "{:.3g}"))
+        if all(a.statistics_ratio is not None for a in arms):
+            # The same, with fit's loss taken on the checkpoint's weights.
+            ratios = [a.statistics_ratio for a in arms]
+            out[f"{label}: eval/fit-mode <= 1.5 on every seed"] = _check(
+                max(ratios) <= 1.5, _values(ratios, "{:.3g}"))
         held = [a.heldout_accuracy for a in arms]
         out[f"{label}: held-out >= 0.75 on every seed"] = _check(
             min(held) >= 0.75, _values(held, "{:.3f}"))
@@ -254,6 +259,12 @@ def seed_table(payload: dict) -> str:
                          "yes" if arm.constant else "no"])
     header = ["seed", "arm", "fit loss", "evaluate loss", "eval/fit",
               "fit acc", "evaluate acc", "held-out acc", "constant"]
+    arms = [arm for run in _runs(payload) for arm in run.arms]
+    if any(arm.statistics_ratio is not None for arm in arms):
+        # Runs recorded before `fit_mode_loss` was measured show "-".
+        header.insert(5, "eval/fit-mode")
+        for row, arm in zip(rows, arms):
+            row.insert(5, results_lib.format_ratio(arm.statistics_ratio))
     return _report.format_table(header, rows, markdown=True)
 
 
@@ -304,6 +315,12 @@ def markdown(payload: dict) -> str:
         "## Every seed",
         "",
         seed_table(payload),
+        *([] if "eval/fit-mode" not in seed_table(payload) else [
+            "",
+            "`eval/fit-mode`: the evaluate loss over the same checkpoint's "
+            "loss on the same batches normalized as `fit` normalizes, "
+            "without Dropout (the part of the gap the statistics alone "
+            "make; `-`: not measured in this run)."]),
         *results_lib.footer(first.environment, seconds, cpu, cfg,
                             "Config of the first seed"),
     ]

@@ -220,9 +220,70 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     # at any size.
     assert arms["stock_recalibrated"]["ratio"] <= 1.5
     assert arms["frozenbn"]["ratio"] <= 1.5
+    # Frozen statistics: fit's normalization is evaluate's, so with the
+    # same weights and no Dropout the two losses are one number.
+    for name in ("frozenbn", "keras_bn_frozen"):
+        assert arms[name]["statistics_ratio"] == pytest.approx(
+            1.0, rel=1e-4), arms[name]
+    assert np.isfinite(arms["stock"]["statistics_ratio"])
+    assert "eval/fit-mode" in (out / "results.md").read_text()
     assert len(arms["stock"]["curves"]["eval_loss"]) == arms["stock"][
         "epochs_run"]
     assert "| arm |" in (out / "results.md").read_text()
+
+
+def _bn_dropout_model():
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, name="dense")(inputs)
+    hidden = keras.layers.BatchNormalization(name="bn")(hidden)
+    hidden = keras.layers.Dropout(0.5, name="dropout")(hidden)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="out")(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def _bce(y, p):
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def test_fit_mode_loss_normalizes_each_batch_without_dropout():
+    """`fit_mode_loss` scores the weights with each batch's statistics (as
+    `fit` normalizes a stock BN) and Dropout off, computed here in NumPy;
+    it leaves the moving statistics and the Dropout rate as they were; on a
+    frozen model it equals `evaluate`."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, (40, 3)).astype("float32")
+    y = (x[:, 0] > 3.0).astype("float32")
+    model = _bn_dropout_model()
+    keras.utils.set_random_seed(0)
+    model.compile("adam", "binary_crossentropy")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    before = [testing.to_numpy(v) for v in model.non_trainable_variables]
+
+    loss = training.fit_mode_loss(model, x, y, batch_size=16)
+
+    w = {name: [testing.to_numpy(v) for v in model.get_layer(name).weights]
+         for name in ("dense", "bn", "out")}
+    gamma, beta = w["bn"][0], w["bn"][1]
+    expected = []
+    for start in range(0, 40, 16):  # batches of 16, 16 and 8
+        h = x[start:start + 16] @ w["dense"][0] + w["dense"][1]
+        h = (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-3) * gamma + beta
+        p = 1 / (1 + np.exp(-(h @ w["out"][0] + w["out"][1])))
+        expected.append(_bce(y[start:start + 16], p[:, 0]))
+    np.testing.assert_allclose(loss, np.concatenate(expected).mean(),
+                               rtol=1e-5)
+    for value, variable in zip(before, model.non_trainable_variables):
+        np.testing.assert_array_equal(testing.to_numpy(variable), value)
+    assert model.get_layer("dropout").rate == 0.5
+    evaluated = model.evaluate(x, y, batch_size=16, verbose=0)
+    assert abs(evaluated - loss) > 0.01 * loss  # moving != batch statistics
+
+    frozen = frozenbn.convert(model)
+    frozen.compile("adam", "binary_crossentropy")
+    np.testing.assert_allclose(
+        training.fit_mode_loss(frozen, x, y, batch_size=16),
+        frozen.evaluate(x, y, batch_size=16, verbose=0), rtol=1e-5)
 
 
 def _small_backbone():

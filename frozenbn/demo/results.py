@@ -9,6 +9,7 @@ per-epoch curves.
 import dataclasses
 import json
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -34,7 +35,9 @@ class ArmResult:
     reloaded from disk, on the same (oversampled) training batches;
     `heldout_*` on the held-out images. `heldout_prediction_std` is the
     standard deviation of the held-out predicted probabilities (near 0: a
-    constant predictor). `curves` holds per-epoch lists.
+    constant predictor). `curves` holds per-epoch lists. `fit_mode_loss` is
+    the reloaded checkpoint's loss on the training batches normalized as
+    `fit` normalizes, without Dropout (`training.fit_mode_loss`).
     """
 
     name: str
@@ -52,11 +55,22 @@ class ArmResult:
     heldout_prediction_std: float
     seconds_per_epoch: float
     curves: dict
+    fit_mode_loss: Optional[float] = None
 
     @property
     def ratio(self) -> float:
         """`evaluate()` loss on the training data over the `fit()` loss."""
         return self.eval_loss / max(self.fit_loss, 1e-12)
+
+    @property
+    def statistics_ratio(self) -> Optional[float]:
+        """`evaluate()` loss over the same weights' loss as `fit` normalizes.
+
+        `None` for results recorded before `fit_mode_loss` was measured.
+        """
+        if self.fit_mode_loss is None:
+            return None
+        return self.eval_loss / max(self.fit_mode_loss, 1e-12)
 
     @property
     def constant(self) -> bool:
@@ -103,6 +117,7 @@ class ScenarioResult:
     def to_dict(self) -> dict:
         """A JSON-serializable dict (ratios included)."""
         arms = [{**dataclasses.asdict(r), "ratio": r.ratio,
+                 "statistics_ratio": r.statistics_ratio,
                  "constant": r.constant} for r in self.arms]
         return {
             "config": self.config,
@@ -126,6 +141,10 @@ class ScenarioResult:
              f"{r.seconds_per_epoch:.2f}"]
             for r in self.arms
         ]
+        if any(r.statistics_ratio is not None for r in self.arms):
+            header.insert(5, "eval/fit-mode")
+            for row, r in zip(rows, self.arms):
+                row.insert(5, format_ratio(r.statistics_ratio))
         return _report.format_table(header, rows, markdown)
 
 
@@ -135,8 +154,10 @@ def verdict(result: ScenarioResult) -> str:
     An arm "has the gap" when its `evaluate()` loss on the training data is
     more than `GAP_RATIO` times the `fit()` loss, or its `evaluate()`
     accuracy is more than 0.1 below the `fit()` accuracy; it is
-    "consistent" at a ratio <= `CONSISTENT_RATIO`. A reloaded model whose
-    held-out predictions are (nearly) constant is called out.
+    "consistent" at a ratio <= `CONSISTENT_RATIO`. Where it was measured,
+    the ratio to the same weights' loss as `fit` normalizes follows. A
+    reloaded model whose held-out predictions are (nearly) constant is
+    called out.
     """
     lines = []
     for arm in result.arms:
@@ -151,6 +172,9 @@ def verdict(result: ScenarioResult) -> str:
         if drop > 0.1:
             state += (f"; GAP in accuracy: evaluate() {arm.eval_accuracy:.3f}"
                       f" vs fit() {arm.fit_accuracy:.3f}")
+        if arm.statistics_ratio is not None:
+            state += (f" (the same weights normalized as fit() normalizes: "
+                      f"{arm.statistics_ratio:.3g}x)")
         if arm.constant:
             state += "; the saved model predicts a constant"
         lines.append(f"- {arm.label}: {state}; held-out accuracy "
@@ -173,7 +197,10 @@ def markdown_report(result: ScenarioResult, title: str) -> str:
         f"({data['target_train_oversampled']} after oversampling the "
         f"minority class), {data['target_heldout']} held out; `fit loss` is "
         "the checkpointed epoch's, `evaluate loss` is the reloaded "
-        "checkpoint's on the same oversampled training batches.",
+        "checkpoint's on the same oversampled training batches; "
+        "`eval/fit-mode` divides it by the same checkpoint's loss on those "
+        "batches normalized as `fit` normalizes, without Dropout (the part "
+        "of the gap the statistics alone make).",
         "",
         result.table(markdown=True),
         "",
@@ -230,6 +257,11 @@ def write_results(
         f.write(markdown_report(result, title))
     plots.plot_curves(result, base + ".png")
     return [base + ".json", base + ".md", base + ".png"]
+
+
+def format_ratio(ratio: Optional[float]) -> str:
+    """A ratio with 3 significant digits, or "-" when it was not measured."""
+    return "-" if ratio is None else f"{ratio:.3g}"
 
 
 def heldout_prediction_std(predictions) -> float:

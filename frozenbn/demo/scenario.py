@@ -309,6 +309,8 @@ def _measure(arm, lr, history, seconds, model, target, config) -> ArmResult:
     heldout = _evaluate(model, target.heldout, config.batch_size)
     predictions = model.predict(target.heldout.x, verbose=0,
                                 batch_size=config.batch_size)
+    fit_mode = training.fit_mode_loss(model, *target.train,
+                                      batch_size=config.batch_size)
     curves = {k: [float(v) for v in values] for k, values in history.items()}
     return ArmResult(
         name=arm.name,
@@ -324,6 +326,7 @@ def _measure(arm, lr, history, seconds, model, target, config) -> ArmResult:
         heldout_loss=heldout["loss"],
         heldout_accuracy=heldout["accuracy"],
         heldout_prediction_std=heldout_prediction_std(predictions),
+        fit_mode_loss=fit_mode,
         seconds_per_epoch=float(np.median(seconds)),
         curves=curves,
     )

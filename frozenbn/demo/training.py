@@ -4,6 +4,7 @@
 - `pretrain_backbone`: a short source-domain training, then `recalibrate`,
   so the statistics are converged as after a long pretraining.
 - `build_classifier`: the bug report's Sequential head on a backbone.
+- `fit_mode_loss`: the loss of given weights as `fit` normalizes them.
 - `EvaluateOnTrainingData`, `EpochTimer`, `Progress`: callbacks.
 """
 
@@ -112,6 +113,61 @@ def build_classifier(backbone: keras.Model, seed: int = 0) -> keras.Model:
         keras.layers.Dropout(0.5),
         keras.layers.Dense(1, activation="sigmoid"),
     ], name="classifier")
+
+
+def fit_mode_loss(model: keras.Model, x, y, batch_size: int = 32) -> float:
+    """Binary cross-entropy of `model` on `(x, y)` as `fit` normalizes.
+
+    `fit`'s loss for an epoch is a mean over steps while the weights move,
+    with Dropout on; `evaluate` scores the final weights with the moving
+    statistics. This scores the same weights as `evaluate`, over the same
+    batches, with `training=True` for normalization (every BN layer that
+    `fit` runs on batch statistics uses the batch's; frozen ones use their
+    moving statistics) and Dropout off, so `evaluate`'s loss over this one
+    is the part of the gap that the statistics alone make. The model's
+    Dropout rates and non-trainable variables (the moving statistics that
+    `training=True` updates) are restored afterwards.
+
+    Args:
+        model: A compiled-or-not model with one sigmoid output.
+        x: Inputs.
+        y: 0/1 labels.
+        batch_size: Batch size, as `evaluate`'s. Defaults to 32.
+
+    Returns:
+        The mean loss over all samples.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((2,)),
+    ...     keras.layers.BatchNormalization(),
+    ...     keras.layers.Dense(1, activation="sigmoid"),
+    ... ])
+    >>> x, y = np.full((4, 2), 5.0, "float32"), np.ones(4, "float32")
+    >>> round(fit_mode_loss(model, x, y), 4)  # batch statistics: all 0, ln 2
+    0.6931
+    """
+    dropouts = [layer for layer in model._flatten_layers()
+                if isinstance(layer, keras.layers.Dropout)]
+    rates = [layer.rate for layer in dropouts]
+    state = [keras.ops.convert_to_numpy(v)
+             for v in model.non_trainable_variables]
+    losses = []
+    try:
+        for layer in dropouts:
+            layer.rate = 0.0
+        for start in range(0, len(x), batch_size):
+            labels = np.asarray(y[start:start + batch_size], "float32")
+            outputs = model(x[start:start + batch_size], training=True)
+            losses.append(keras.ops.convert_to_numpy(
+                keras.losses.binary_crossentropy(labels[:, None], outputs)))
+    finally:
+        for layer, rate in zip(dropouts, rates):
+            layer.rate = rate
+        for variable, value in zip(model.non_trainable_variables, state):
+            variable.assign(value)
+    return float(np.mean(np.concatenate(losses)))
 
 
 class EvaluateOnTrainingData(keras.callbacks.Callback):
