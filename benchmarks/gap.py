@@ -75,6 +75,9 @@ DOCS = {
     "gap_small_seeds5-7_tensorflow_cpu.json": {
         "docs/benchmarks.md": "gap-seeds5-7",
     },
+    "gap_small_seeds8-10_tensorflow_cpu.json": {
+        "docs/benchmarks.md": "gap-seeds8-10",
+    },
 }
 """Per committed results file, the pages with a block
 `<!-- MARKER:begin -->...<!-- MARKER:end -->` that `--docs` rewrites from
