@@ -154,9 +154,13 @@ def test_scenario_each_remedy_learns(tmp_path, seed):
     for name in arms[1:]:
         arm = result.arm(name)
         assert arm.ratio <= 1.5, table
+        # The same weights as fit normalizes them: the statistics' part.
+        assert arm.statistics_ratio <= 1.5, table
         # Chance is 0.5 (balanced held-out digits).
         assert arm.heldout_accuracy >= 0.65, table
         assert not arm.constant, table
+    assert result.arm("frozenbn").statistics_ratio == pytest.approx(
+        1.0, rel=1e-4), table
     assert os.path.isfile(tmp_path / "frozenbn.weights.h5")
     assert os.path.isfile(tmp_path / "stock_recalibrated.keras")
     if seed == 0:
