@@ -251,9 +251,10 @@ def summary_table(payload: dict) -> str:
 
 def seed_table(payload: dict) -> str:
     """Markdown table: one row per seed and arm."""
-    rows = []
+    rows, arms = [], []
     for run in _runs(payload):
         for arm in run.arms:
+            arms.append(arm)
             rows.append([str(run.config["seed"]), arm.label,
                          f"{arm.fit_loss:.4g}", f"{arm.eval_loss:.4g}",
                          f"{arm.ratio:.3g}", f"{arm.fit_accuracy:.3f}",
@@ -262,12 +263,7 @@ def seed_table(payload: dict) -> str:
                          "yes" if arm.constant else "no"])
     header = ["seed", "arm", "fit loss", "evaluate loss", "eval/fit",
               "fit acc", "evaluate acc", "held-out acc", "constant"]
-    arms = [arm for run in _runs(payload) for arm in run.arms]
-    if any(arm.statistics_ratio is not None for arm in arms):
-        # Runs recorded before `fit_mode_loss` was measured show "-".
-        header.insert(5, "eval/fit-mode")
-        for row, arm in zip(rows, arms):
-            row.insert(5, results_lib.format_ratio(arm.statistics_ratio))
+    results_lib.add_statistics_column(header, rows, arms)
     return _report.format_table(header, rows, markdown=True)
 
 
@@ -318,7 +314,8 @@ def markdown(payload: dict) -> str:
         "## Every seed",
         "",
         seed_table(payload),
-        *([] if "eval/fit-mode" not in seed_table(payload) else [
+        *([] if not results_lib.has_statistics_ratio(
+            arm for run in _runs(payload) for arm in run.arms) else [
             "",
             "`eval/fit-mode`: the evaluate loss over the same checkpoint's "
             "loss on the same batches normalized as `fit` normalizes, "

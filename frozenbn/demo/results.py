@@ -141,10 +141,7 @@ class ScenarioResult:
              f"{r.seconds_per_epoch:.2f}"]
             for r in self.arms
         ]
-        if any(r.statistics_ratio is not None for r in self.arms):
-            header.insert(5, "eval/fit-mode")
-            for row, r in zip(rows, self.arms):
-                row.insert(5, format_ratio(r.statistics_ratio))
+        add_statistics_column(header, rows, self.arms)
         return _report.format_table(header, rows, markdown)
 
 
@@ -259,9 +256,24 @@ def write_results(
     return [base + ".json", base + ".md", base + ".png"]
 
 
-def format_ratio(ratio: Optional[float]) -> str:
-    """A ratio with 3 significant digits, or "-" when it was not measured."""
-    return "-" if ratio is None else f"{ratio:.3g}"
+def has_statistics_ratio(arms) -> bool:
+    """Whether any of `arms` measured `fit_mode_loss`."""
+    return any(arm.statistics_ratio is not None for arm in arms)
+
+
+def add_statistics_column(header: list, rows: list, arms) -> None:
+    """Inserts an `eval/fit-mode` column after `eval/fit`, one row per arm.
+
+    Only where some arm measured it; an arm recorded before
+    `fit_mode_loss` was measured shows "-".
+    """
+    if not has_statistics_ratio(arms):
+        return
+    column = header.index("eval/fit") + 1
+    header.insert(column, "eval/fit-mode")
+    for row, arm in zip(rows, arms):
+        ratio = arm.statistics_ratio
+        row.insert(column, "-" if ratio is None else f"{ratio:.3g}")
 
 
 def heldout_prediction_std(predictions) -> float:

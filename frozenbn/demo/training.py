@@ -15,6 +15,8 @@ from typing import Optional
 import keras
 import numpy as np
 
+from frozenbn import _walk
+
 
 def build_backbone(weights: Optional[str], image_size: int) -> keras.Model:
     """A ResNet50 feature extractor (`include_top=False`).
@@ -148,7 +150,7 @@ def fit_mode_loss(model: keras.Model, x, y, batch_size: int = 32) -> float:
     >>> round(fit_mode_loss(model, x, y), 4)  # batch statistics: all 0, ln 2
     0.6931
     """
-    dropouts = [layer for layer in model._flatten_layers()
+    dropouts = [layer for layer in _walk.iter_layers(model)
                 if isinstance(layer, keras.layers.Dropout)]
     rates = [layer.rate for layer in dropouts]
     state = [keras.ops.convert_to_numpy(v)
