@@ -11,12 +11,15 @@ versions produced them, and how they are written.
 - `write_json(payload, path)` (NaN/inf become `null`) and
   `write_text(text, path)`.
 - `environment_line(env)`: one markdown sentence naming the machine.
+- `replace_block(text, marker, block)`: a docs page with its generated
+  block `<!-- MARKER:begin -->...<!-- MARKER:end -->` replaced.
 
 Importing this module puts the repository root on `sys.path`, so a
 benchmark run as `python benchmarks/x.py` imports the checkout's frozenbn.
 """
 
 import os
+import re
 import sys
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,8 +32,8 @@ from frozenbn._report import write_json  # noqa: E402
 
 RESULTS_DIR = os.path.join(_ROOT, "benchmarks", "results")
 
-__all__ = ["RESULTS_DIR", "environment", "environment_line", "result_stem",
-           "write_json", "write_text"]
+__all__ = ["RESULTS_DIR", "environment", "environment_line", "replace_block",
+           "result_stem", "write_json", "write_text"]
 
 
 def environment() -> dict:
@@ -51,3 +54,13 @@ def write_text(text: str, path: str) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return path
+
+
+def replace_block(text: str, marker: str, block: str) -> str:
+    """`text` with the block between the `marker` comments replaced."""
+    pattern = re.compile(rf"(<!-- {marker}:begin -->\n)(?:.*?\n)?"
+                         rf"(<!-- {marker}:end -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"No <!-- {marker}:begin/end --> block found.")
+    return pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2),
+                       text)

@@ -40,7 +40,6 @@ Usage:
 import argparse
 import json
 import os
-import re
 import sys
 import warnings
 from typing import Optional
@@ -102,6 +101,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             config.epochs = args.epochs
         if args.frozen_lr:
             config.frozen_learning_rate = args.frozen_lr
+        if args.batch_size:
+            # Only fine-tuning (and its evaluation and audit) change: the
+            # backbone is pretrained as in the configuration.
+            config.pretrain_batch_size = config.batch_size
+            config.batch_size = args.batch_size
         runs.append(scenario.run_scenario(data, config, arms, verbose=1))
         print(runs[-1].table(), flush=True)
         stem = os.path.join(args.out, _common.result_stem(
@@ -291,7 +295,10 @@ def markdown(payload: dict) -> str:
         f"epochs on {data['source_train']} source images, statistics "
         "recalibrated), the bug report's Sequential head, binary "
         "cross-entropy, batch size "
-        f"{cfg['batch_size']}, up to {cfg['epochs']} epochs with "
+        f"{cfg['batch_size']}"
+        + (f" (pretraining {cfg['pretrain_batch_size']})"
+           if cfg.get("pretrain_batch_size") else "")
+        + f", up to {cfg['epochs']} epochs with "
         "EarlyStopping and the best ModelCheckpoint's weights loaded "
         "back from disk (recalibrated models saved and reloaded with "
         f"`keras.models.load_model`). Target: {data['target_train']} "
@@ -351,7 +358,7 @@ def update_docs(json_path: str, root: Optional[str] = None) -> list:
         path = os.path.join(root, page)
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        new = replace_block(text, marker, block)
+        new = _common.replace_block(text, marker, block)
         if new != text:
             _common.write_text(new, path)
             changed.append(page)
@@ -371,16 +378,6 @@ def docs_block(payload: dict, name: str) -> str:
         "",
         *_check_lines(payload["checks"]),
     ])
-
-
-def replace_block(text: str, marker: str, block: str) -> str:
-    """`text` with the block between the `marker` comments replaced."""
-    pattern = re.compile(rf"(<!-- {marker}:begin -->\n)(?:.*?\n)?"
-                         rf"(<!-- {marker}:end -->)", re.S)
-    if not pattern.search(text):
-        raise ValueError(f"No <!-- {marker}:begin/end --> block found.")
-    return pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2),
-                       text)
 
 
 def _seeds(text: str) -> list:
@@ -427,6 +424,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--frozen-lr", type=float, default=None,
                         help="override the Adam learning rate of the arms "
                         "that train with fixed statistics (default 1e-5)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="override the batch size of fine-tuning, "
+                        "evaluation and the audit (pretraining keeps the "
+                        "configuration's)")
     parser.add_argument("--tag", default="",
                         help="suffix of the result file names")
     parser.add_argument("--render", metavar="JSON", default=None,

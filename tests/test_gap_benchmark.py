@@ -23,7 +23,8 @@ def test_gap_tiny_two_seeds_writes_json_markdown_and_plots(tmp_path, capsys):
     # One trained arm and one derived from it keep this to one ResNet50
     # trace per seed; every arm's preparation is tested in test_demo.py.
     code = gap.main(["--tiny", "--seeds", "0,3", "--arms",
-                     "stock,stock_recalibrated", "--out", str(tmp_path)])
+                     "stock,stock_recalibrated", "--batch-size", "16",
+                     "--out", str(tmp_path)])
     assert code == 0
     payload = json.loads(next(tmp_path.glob("*.json")).read_text())
     kind = "gpu" if payload["runs"][0]["environment"]["accelerator"] else "cpu"
@@ -32,6 +33,10 @@ def test_gap_tiny_two_seeds_writes_json_markdown_and_plots(tmp_path, capsys):
         assert (tmp_path / (stem.name + suffix)).stat().st_size > 0
     assert payload["benchmark"] == "gap" and payload["warnings"] == []
     assert [run["config"]["seed"] for run in payload["runs"]] == [0, 3]
+    # --batch-size changes fine-tuning, evaluation and the audit, not how
+    # the backbone is pretrained.
+    assert {(run["config"]["batch_size"], run["config"]["pretrain_batch_size"])
+            for run in payload["runs"]} == {(16, 32)}
     for run in payload["runs"]:
         assert [arm["name"] for arm in run["arms"]] == [
             "stock", "stock_recalibrated"]
@@ -47,6 +52,7 @@ def test_gap_tiny_two_seeds_writes_json_markdown_and_plots(tmp_path, capsys):
     markdown = stem.with_suffix(".md").read_text()
     env = payload["runs"][0]["environment"]
     assert "## Mean ± std over seeds" in markdown and env["device"] in markdown
+    assert "batch size 16 (pretraining 32)" in markdown
     assert "eval/fit" in capsys.readouterr().out
 
     # --render rewrites the same files from the JSON alone.
@@ -67,7 +73,7 @@ def test_docs_show_the_committed_gap_results(name):
     for page, marker in gap.DOCS[name].items():
         with open(os.path.join(REPO, page), encoding="utf-8") as f:
             text = f.read()
-        assert gap.replace_block(text, marker, block) == text, (
+        assert gap._common.replace_block(text, marker, block) == text, (
             f"{page} is stale: run python benchmarks/gap.py --render "
             f"benchmarks/results/{name} --docs")
 
@@ -85,7 +91,7 @@ def test_docs_refuse_a_results_file_no_page_shows(tmp_path):
 def test_replace_block():
     gap = _load_gap()
     text = "a\n<!-- m:begin -->\nold\n<!-- m:end -->\nb"
-    assert gap.replace_block(text, "m", "new") == (
+    assert gap._common.replace_block(text, "m", "new") == (
         "a\n<!-- m:begin -->\nnew\n<!-- m:end -->\nb")
     with pytest.raises(ValueError, match="No <!-- x:begin/end -->"):
-        gap.replace_block(text, "x", "new")
+        gap._common.replace_block(text, "x", "new")

@@ -53,7 +53,11 @@ class ScenarioConfig:
         epochs: Maximum fine-tuning epochs (early stopping may end sooner).
         head_epochs: Epochs of head-only training in arms that train the
             head first (Keras's two-phase recipe).
-        batch_size: Batch size everywhere. Defaults to 32.
+        batch_size: Batch size of fine-tuning, evaluation and the audit
+            (and of pretraining unless `pretrain_batch_size` is set).
+            Defaults to 32.
+        pretrain_batch_size: Batch size of source pretraining, or `None`
+            for `batch_size`. Defaults to `None`.
         learning_rate: Adam learning rate of stock BN and of head-only
             training. Defaults to 1e-3 (the bug report's).
         frozen_learning_rate: Adam learning rate of arms that train the
@@ -78,6 +82,7 @@ class ScenarioConfig:
     epochs: int = 12
     head_epochs: int = 2
     batch_size: int = 32
+    pretrain_batch_size: Optional[int] = None
     learning_rate: float = 1e-3
     frozen_learning_rate: float = 1e-5
     patience: int = 3
@@ -146,8 +151,9 @@ def _run(data, config, arms, workdir, verbose) -> ScenarioResult:
                       f"({len(source.train.x)} images)")
         pretraining = training.pretrain_backbone(
             backbone, *source.train, epochs=config.pretrain_epochs,
-            batch_size=config.batch_size, learning_rate=config.learning_rate,
-            seed=config.seed, verbose=verbose)
+            batch_size=config.pretrain_batch_size or config.batch_size,
+            learning_rate=config.learning_rate, seed=config.seed,
+            verbose=verbose)
     audit = audit_backbone(backbone, target.train.x, config.batch_size)
     _say(verbose, f"audit of the pretrained backbone on the target: "
                   f"{audit['recommendation']}")
