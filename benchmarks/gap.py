@@ -79,6 +79,9 @@ DOCS = {
     "gap_small_seeds8-10_tensorflow_cpu.json": {
         "docs/benchmarks.md": "gap-seeds8-10",
     },
+    "gap_small_batch4_tensorflow_cpu.json": {
+        "docs/benchmarks.md": "gap-batch4",
+    },
 }
 """Per committed results file, the pages with a block
 `<!-- MARKER:begin -->...<!-- MARKER:end -->` that `--docs` rewrites from

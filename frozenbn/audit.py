@@ -21,16 +21,16 @@ from frozenbn import _walk
 logger = logging.getLogger(__name__)
 
 _REMEDIES = (
-    "Remedies (measured in docs/benchmarks.md): (1) a model already "
-    "trained with batch statistics: `frozenbn.recalibrate(model, "
+    "Remedies (measured in docs/benchmarks.md): (1) fit's batch statistics "
+    "close to the moving ones (drift score at most 1.5 at the batch size "
+    "you train with): train as usual, then `frozenbn.recalibrate(model, "
     "train_data)` before evaluate/save, so the saved model computes what "
-    "fit optimized; (2) to fine-tune with fit == evaluate: `model = "
-    "frozenbn.convert(model)` (after `frozenbn.recalibrate(model, "
-    "train_data)` when the worst drift score is above 1.5), at a small "
-    "learning rate (Adam 1e-5, the rate of Keras's transfer-learning "
-    "guide and of the benchmark).\nWith frozen statistics a failed run shows in fit "
-    "itself: a training loss stuck at ln 2 (0.693, two balanced classes) "
-    "means the head collapsed to a constant; lower the learning rate."
+    "fit optimized; (2) far from them (small batches): `model = "
+    "frozenbn.convert(model)`, at a small learning rate (Adam 1e-5, the "
+    "rate of Keras's transfer-learning guide and of the benchmark).\n"
+    "With frozen statistics a failed run shows in fit itself: a training "
+    "loss stuck at ln 2 (0.693, two balanced classes) means the head "
+    "collapsed to a constant; lower the learning rate."
 )
 
 

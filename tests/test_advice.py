@@ -16,17 +16,22 @@ pytestmark = pytest.mark.smoke
 @pytest.mark.parametrize(
     "scores, in_fit, ratio, remedy",
     [
-        ([0.2, 1.4], [True, True], None, _advice.FREEZE),
+        # Fit's batch statistics close to the moving ones: train as usual,
+        # then recalibrate (the benchmark at batch 16 and 32).
+        ([0.2, 1.4], [True, True], None, _advice.RECALIBRATE),
+        ([0.2, 0.3], [True, True], 4.9, _advice.RECALIBRATE),
         ([0.2, 1.4], [False, False], None, _advice.NONE),
-        ([0.2, 1.6], [True, True], None, _advice.RECALIBRATE_THEN_FREEZE),
-        ([0.2, 1.6], [False, False], None, _advice.RECALIBRATE_THEN_FREEZE),
-        ([0.2, math.nan], [True, True], None, _advice.RECALIBRATE_THEN_FREEZE),
+        # Far from them: freeze (the benchmark at batch 4).
+        ([0.2, 1.6], [True, True], None, _advice.FREEZE),
+        ([0.2, math.nan], [True, True], None, _advice.FREEZE),
+        ([0.2, 1.6], [True, False], 4.9, _advice.FREEZE),
+        # The gap in a model trained with batch statistics: recalibrate.
         ([0.2, 3.0], [True, True], 40.0, _advice.RECALIBRATE),
         ([0.2, 0.3], [True, False], 6.0, _advice.RECALIBRATE),
         ([0.2, 0.3], [True, True], math.inf, _advice.RECALIBRATE),
-        ([0.2, 0.3], [True, True], 4.9, _advice.FREEZE),
-        # The gap with every layer already on moving statistics: the frozen
-        # statistics are what is wrong.
+        # Every layer already on its moving statistics, which do not fit
+        # the data, or the gap: recalibrate them.
+        ([0.2, 1.6], [False, False], None, _advice.RECALIBRATE_THEN_FREEZE),
         ([0.2, 0.3], [False, False], 40.0, _advice.RECALIBRATE_THEN_FREEZE),
         ([], [], None, _advice.NONE),
     ],
@@ -62,17 +67,19 @@ def test_recommend_reason_compares_each_measurement_with_its_threshold():
 
 
 def test_recommend_thresholds_are_arguments():
-    assert _advice.recommend([2.0], [True]).remedy == (
-        _advice.RECALIBRATE_THEN_FREEZE)
+    assert _advice.recommend([2.0], [True]).remedy == _advice.FREEZE
     assert _advice.recommend([2.0], [True], drift_score=3.0).remedy == (
-        _advice.FREEZE)
+        _advice.RECALIBRATE)
     assert _advice.recommend([0.1], [True], 3.0, gap_ratio=2.0).remedy == (
         _advice.RECALIBRATE)
+    assert _advice.recommend([0.1], [False], 3.0, gap_ratio=2.0).remedy == (
+        _advice.RECALIBRATE_THEN_FREEZE)
 
 
 def test_recommend_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="one entry per layer"):
         _advice.recommend([0.1, 0.2], [True])
+
 
 
 def _model():
@@ -85,22 +92,27 @@ def _model():
 
 
 def test_audit_reports_the_recommendation_it_measures():
-    """Moving statistics 0/1 on data of mean 5: recalibrate, then freeze;
-    after recalibrating: freeze; after converting: nothing to do."""
+    """Moving statistics 0/1 on data of mean 5, which fit normalizes with
+    batch statistics: freeze; after recalibrating: train, then recalibrate;
+    frozen with the wrong statistics: recalibrate them; frozen with the
+    right ones: nothing to do."""
     rng = np.random.default_rng(0)
     x = rng.normal(5.0, 2.0, (64, 4)).astype("float32")
     model = _model()
     report = frozenbn.audit(model, x)
     assert report.layers[0].score > _advice.DRIFT_SCORE
-    assert report.recommendation.remedy == _advice.RECALIBRATE_THEN_FREEZE
-    assert "Recommendation: recalibrate then freeze" in str(report)
+    assert report.recommendation.remedy == _advice.FREEZE
+    assert "Recommendation: freeze" in str(report)
     as_json = json.loads(json.dumps(report.to_dict()))
-    assert as_json["recommendation"]["remedy"] == "recalibrate then freeze"
+    assert as_json["recommendation"]["remedy"] == "freeze"
+
+    report = frozenbn.audit(frozenbn.convert(model), x)
+    assert report.recommendation.remedy == _advice.RECALIBRATE_THEN_FREEZE
 
     frozenbn.recalibrate(model, x, verbose=0)
     report = frozenbn.audit(model, x)
     assert report.layers[0].score < 1e-3
-    assert report.recommendation.remedy == _advice.FREEZE
+    assert report.recommendation.remedy == _advice.RECALIBRATE
 
     report = frozenbn.audit(frozenbn.convert(model), x)
     assert report.recommendation.remedy == _advice.NONE
@@ -120,3 +132,32 @@ def test_audit_recommends_recalibrate_for_a_model_with_the_gap():
     report = frozenbn.audit(model, (x, y), loss="binary_crossentropy")
     assert report.ratio > _advice.GAP_RATIO, str(report)
     assert report.recommendation.remedy == _advice.RECALIBRATE
+
+
+
+def test_audit_advice_follows_the_batch_size():
+    """The drift score is measured as fit normalizes, so it depends on the
+    batch size: statistics recalibrated on the data, audited at batch 64:
+    fit's batch statistics are close to them, train then recalibrate; at
+    batch 1, fit normalizes every one-sample batch to beta, so the second
+    BN layer's input is constant as fit runs it: freeze."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(8),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.Dense(8),
+        keras.layers.BatchNormalization(),
+    ])
+    x = np.random.default_rng(0).normal(0.0, 1.0, (128, 8)).astype("float32")
+    frozenbn.recalibrate(model, x, verbose=0)
+
+    report = frozenbn.audit(model, x, batch_size=64)
+    assert report.layers[0].score < 0.2, str(report)
+    assert report.recommendation.remedy == _advice.RECALIBRATE
+
+    report = frozenbn.audit(model, x, batch_size=1)
+    assert report.layers[0].name == model.layers[4].name
+    assert report.layers[0].score > 5.0, str(report)
+    assert report.recommendation.remedy == _advice.FREEZE

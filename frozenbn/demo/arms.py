@@ -105,8 +105,9 @@ ARMS = {
 
 DEMO_ARMS = ("stock", "stock_recalibrated", "frozenbn", "keras_bn_frozen")
 """The arms `frozenbn demo` runs: stock Keras, the remedies the README
-recommends for this scenario (whose source statistics `audit` finds fit the
-target: freeze them; and recalibrate a model trained with stock BN), and
+recommends (recalibrate a model trained with stock BN, which `audit`
+recommends at the demo's batch size; freeze the statistics, which it
+recommends where `fit`'s batch statistics drift, as at small batches), and
 Keras's own BN `trainable=False` for comparison."""
 
 GAP_ARMS = DEMO_ARMS + ("frozenbn_recalibrated", "keras_backbone_frozen")

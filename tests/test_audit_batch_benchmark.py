@@ -1,0 +1,56 @@
+"""Smoke test of benchmarks/audit_batch.py at its `--tiny` size, and its docs
+block."""
+
+import importlib.util
+import json
+import os
+
+import keras
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMITTED = os.path.join(REPO, "benchmarks", "results",
+                         "audit_batch_small_tensorflow_cpu.json")
+
+
+def _load():
+    path = os.path.join(REPO, "benchmarks", "audit_batch.py")
+    spec = importlib.util.spec_from_file_location("audit_batch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_audit_batch_tiny_writes_json_and_markdown(tmp_path):
+    bench = _load()
+    assert bench.main(["--tiny", "--seeds", "0", "--batch-sizes", "1,32",
+                       "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*.json")
+    assert path.name.startswith(f"audit_batch_tiny_{keras.config.backend()}_")
+    result = json.loads(path.read_text())
+    (run,) = result["runs"]
+    assert [row["batch_size"] for row in run["audits"]] == [1, 32]
+    for row in run["audits"]:
+        assert row["recommendation"].startswith(row["remedy"] + ": ")
+    # Not pretrained (--tiny): the moving statistics are Keras's initial
+    # 0 and 1, far from fit's batch statistics at any batch size.
+    assert [row["remedy"] for row in run["audits"]] == ["freeze", "freeze"]
+    markdown = path.with_suffix(".md").read_text()
+    assert "| seed | batch 1 | batch 32 |" in markdown
+
+    os.remove(path.with_suffix(".md"))
+    assert bench.main(["--render", str(path)]) == 0
+    assert path.with_suffix(".md").read_text() == markdown
+
+
+def test_docs_show_the_committed_audit_batch_results():
+    """docs/benchmarks.md's table is the one rendered from the committed
+    results file (`audit_batch.py --render JSON --docs` rewrites it)."""
+    bench = _load()
+    with open(COMMITTED, encoding="utf-8") as f:
+        result = json.load(f)
+    block = bench.docs_block(result, os.path.basename(COMMITTED))
+    with open(os.path.join(REPO, bench.DOCS_PAGE), encoding="utf-8") as f:
+        text = f.read()
+    assert bench._common.replace_block(text, bench.DOCS_MARKER, block) == text, (
+        f"{bench.DOCS_PAGE} is stale: run python benchmarks/audit_batch.py "
+        f"--render {os.path.relpath(COMMITTED, REPO)} --docs")
