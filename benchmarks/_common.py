@@ -11,6 +11,8 @@ versions produced them, and how they are written.
 - `write_json(payload, path)` (NaN/inf become `null`) and
   `write_text(text, path)`.
 - `environment_line(env)`: one markdown sentence naming the machine.
+- `write_result(benchmark, config_name, config, runs, out, markdown)`: the
+  results JSON (with the environment) and its markdown, under `out`.
 - `replace_block(text, marker, block)`: a docs page with its generated
   block `<!-- MARKER:begin -->...<!-- MARKER:end -->` replaced.
 
@@ -33,7 +35,7 @@ from frozenbn._report import write_json  # noqa: E402
 RESULTS_DIR = os.path.join(_ROOT, "benchmarks", "results")
 
 __all__ = ["RESULTS_DIR", "environment", "environment_line", "replace_block",
-           "result_stem", "write_json", "write_text"]
+           "result_stem", "write_json", "write_result", "write_text"]
 
 
 def environment() -> dict:
@@ -54,6 +56,21 @@ def write_text(text: str, path: str) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return path
+
+
+def write_result(benchmark: str, config_name: str, config: dict,
+                 runs: list, out: str, markdown) -> str:
+    """Writes `<stem>.json` (the runs, the configuration and the
+    environment) and `<stem>.md` (`markdown(result)`) to `out`; returns the
+    stem."""
+    result = {"benchmark": benchmark, "config_name": config_name,
+              "config": config, "environment": environment(), "runs": runs}
+    stem = os.path.join(out, result_stem(benchmark, config_name,
+                                         result["environment"]))
+    write_json(result, stem + ".json")
+    write_text(markdown(result), stem + ".md")
+    print(f"wrote {stem}.json and .md")
+    return stem
 
 
 def replace_block(text: str, marker: str, block: str) -> str:

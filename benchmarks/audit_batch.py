@@ -155,16 +155,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = scenario.ScenarioConfig(**CONFIGS[args.config], seed=seed,
                                          curves=False)
         runs.append(run(config, sizes, data))
-    result = {"benchmark": "audit_batch", "config_name": args.config,
-              "config": CONFIGS[args.config],
-              "environment": _common.environment(), "runs": runs}
-    stem = os.path.join(args.out,
-                        _common.result_stem("audit_batch", args.config,
-                                            result["environment"]))
-    _common.write_json(result, stem + ".json")
-    _common.write_text(markdown(result), stem + ".md")
-    print(markdown(result))
-    print(f"wrote {stem}.json and .md")
+    stem = _common.write_result("audit_batch", args.config,
+                                CONFIGS[args.config], runs, args.out,
+                                markdown)
+    with open(stem + ".md", encoding="utf-8") as f:
+        print(f.read())
     return 0
 
 

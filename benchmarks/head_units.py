@@ -145,16 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             config = scenario.ScenarioConfig(**CONFIGS[args.config],
                                              seed=seed, curves=False)
             runs.append(run(config, lr, data))
-    result = {"benchmark": "head_units", "config_name": args.config,
-              "config": CONFIGS[args.config],
-              "environment": _common.environment(), "runs": runs}
-    stem = os.path.join(args.out,
-                        _common.result_stem("head_units", args.config,
-                                            result["environment"]))
-    os.makedirs(args.out, exist_ok=True)
-    _common.write_json(result, stem + ".json")
-    _common.write_text(markdown(result), stem + ".md")
-    print(f"wrote {stem}.json and .md")
+    _common.write_result("head_units", args.config, CONFIGS[args.config],
+                         runs, args.out, markdown)
     return 0
 
 

@@ -1,23 +1,20 @@
 """Smoke test of benchmarks/audit_batch.py at its `--tiny` size, and its docs
 block."""
 
-import importlib.util
 import json
 import os
 
 import keras
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import testing
+
+REPO = testing.REPO
 COMMITTED = os.path.join(REPO, "benchmarks", "results",
                          "audit_batch_small_tensorflow_cpu.json")
 
 
 def _load():
-    path = os.path.join(REPO, "benchmarks", "audit_batch.py")
-    spec = importlib.util.spec_from_file_location("audit_batch", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return testing.load_script(os.path.join("benchmarks", "audit_batch.py"))
 
 
 def test_audit_batch_tiny_writes_json_and_markdown(tmp_path):

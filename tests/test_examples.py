@@ -1,6 +1,5 @@
 """The scripts in examples/ run, at a tiny size, on generated files."""
 
-import importlib.util
 import os
 
 import keras
@@ -10,16 +9,9 @@ import pytest
 import frozenbn
 from tests import testing
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
-
 
 def _example(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(EXAMPLES, f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return testing.load_script(os.path.join("examples", f"{name}.py"))
 
 
 def _image_folder(root, size=32, per_class=8):

@@ -1,21 +1,18 @@
 """Smoke test of benchmarks/gap.py at its `--tiny` size, and its docs blocks."""
 
-import importlib.util
 import json
 import os
 
 import keras
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import testing
+
+REPO = testing.REPO
 
 
 def _load_gap():
-    path = os.path.join(REPO, "benchmarks", "gap.py")
-    spec = importlib.util.spec_from_file_location("gap_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return testing.load_script(os.path.join("benchmarks", "gap.py"))
 
 
 def test_gap_tiny_two_seeds_writes_json_markdown_and_plots(tmp_path, capsys):

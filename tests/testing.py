@@ -1,6 +1,8 @@
 """Shared checks for frozenbn's tests (our own, not `keras.src.testing`)."""
 
+import importlib.util
 import json
+import os
 
 import keras
 import numpy as np
@@ -12,6 +14,19 @@ requires_tensorflow = pytest.mark.skipif(
     keras.config.backend() != "tensorflow",
     reason="needs the TensorFlow backend (tf.distribute, SavedModel, tf ops)",
 )
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(path: str):
+    """Imports a script of the repository (`benchmarks/gap.py`,
+    `examples/x.py`) as a module, by its path relative to the root."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(
+        f"_script_{name}", os.path.join(REPO, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def randomize_batch_norm(model, seed=0):
