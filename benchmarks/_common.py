@@ -3,7 +3,8 @@
 Keep this small: where results go, what they are called, which machine and
 versions produced them, and how they are written.
 
-- `RESULTS_DIR`: the default output folder, `benchmarks/results/`.
+- `ROOT`: the repository root; `RESULTS_DIR`: the default output folder,
+  `benchmarks/results/`.
 - `environment()`: device (GPU name or CPU model), CPU count, backend, and
   versions of Python, Keras, NumPy, the backend library and frozenbn.
 - `result_stem(benchmark, config)`: `<benchmark>_<config>_<backend>_<cpu|gpu>`,
@@ -24,17 +25,17 @@ import os
 import re
 import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 from frozenbn._report import environment_info  # noqa: E402
 from frozenbn._report import environment_line  # noqa: E402
 from frozenbn._report import write_json  # noqa: E402
 
-RESULTS_DIR = os.path.join(_ROOT, "benchmarks", "results")
+RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 
-__all__ = ["RESULTS_DIR", "environment", "environment_line", "replace_block",
+__all__ = ["RESULTS_DIR", "ROOT", "environment", "environment_line", "replace_block",
            "result_stem", "write_json", "write_result", "write_text"]
 
 
@@ -62,7 +63,7 @@ def write_result(benchmark: str, config_name: str, config: dict,
                  runs: list, out: str, markdown) -> str:
     """Writes `<stem>.json` (the runs, the configuration and the
     environment) and `<stem>.md` (`markdown(result)`) to `out`; returns the
-    stem."""
+    result as written."""
     result = {"benchmark": benchmark, "config_name": config_name,
               "config": config, "environment": environment(), "runs": runs}
     stem = os.path.join(out, result_stem(benchmark, config_name,
@@ -70,7 +71,7 @@ def write_result(benchmark: str, config_name: str, config: dict,
     write_json(result, stem + ".json")
     write_text(markdown(result), stem + ".md")
     print(f"wrote {stem}.json and .md")
-    return stem
+    return result
 
 
 def replace_block(text: str, marker: str, block: str) -> str:

@@ -37,7 +37,6 @@ from frozenbn.demo import images  # noqa: E402
 from frozenbn.demo import scenario  # noqa: E402
 from frozenbn.demo import training  # noqa: E402
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS_PAGE = os.path.join("docs", "benchmarks.md")
 DOCS_MARKER = "audit-batch"
 
@@ -109,19 +108,18 @@ def docs_block(result: dict, name: str) -> str:
         table(result)])
 
 
-def update_docs(json_path: str) -> bool:
-    """Rewrites the `audit-batch` block of `DOCS_PAGE` from a results file;
-    returns whether the page changed."""
+def update_docs(json_path: str) -> None:
+    """Rewrites the `audit-batch` block of `DOCS_PAGE` from a results
+    file."""
     with open(json_path, encoding="utf-8") as f:
         result = json.load(f)
-    path = os.path.join(_ROOT, DOCS_PAGE)
+    path = os.path.join(_common.ROOT, DOCS_PAGE)
     with open(path, encoding="utf-8") as f:
         text = f.read()
     new = _common.replace_block(
         text, DOCS_MARKER, docs_block(result, os.path.basename(json_path)))
     if new != text:
         _common.write_text(new, path)
-    return new != text
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -155,11 +153,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = scenario.ScenarioConfig(**CONFIGS[args.config], seed=seed,
                                          curves=False)
         runs.append(run(config, sizes, data))
-    stem = _common.write_result("audit_batch", args.config,
-                                CONFIGS[args.config], runs, args.out,
-                                markdown)
-    with open(stem + ".md", encoding="utf-8") as f:
-        print(f.read())
+    result = _common.write_result("audit_batch", args.config,
+                                  CONFIGS[args.config], runs, args.out,
+                                  markdown)
+    print(markdown(result))
     return 0
 
 

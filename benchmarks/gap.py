@@ -351,8 +351,7 @@ def update_docs(json_path: str, root: Optional[str] = None) -> list:
             f"No docs page shows {name}; the files with a docs block are "
             f"{sorted(DOCS)}. Render it without --docs, or add it to DOCS."
         )
-    root = root or os.path.dirname(_common.RESULTS_DIR.rstrip(os.sep))
-    root = os.path.dirname(root)
+    root = root or _common.ROOT
     with open(json_path, encoding="utf-8") as f:
         payload = json.load(f)
     block = docs_block(payload, name)
