@@ -35,7 +35,6 @@ import _common  # noqa: E402
 from frozenbn.audit import audit  # noqa: E402
 from frozenbn.demo import images  # noqa: E402
 from frozenbn.demo import scenario  # noqa: E402
-from frozenbn.demo import training  # noqa: E402
 
 DOCS_PAGE = os.path.join("docs", "benchmarks.md")
 DOCS_MARKER = "audit-batch"
@@ -51,12 +50,7 @@ def run(config: scenario.ScenarioConfig, batch_sizes: Sequence[int],
     """One seed: the backbone pretrained as in the scenario, audited at
     every batch size."""
     source, target, _ = scenario.prepare_data(data, config)
-    backbone = training.build_backbone(None, config.image_size)
-    if config.pretrain_epochs:
-        training.pretrain_backbone(
-            backbone, *source.train, epochs=config.pretrain_epochs,
-            batch_size=config.batch_size, learning_rate=config.learning_rate,
-            seed=config.seed, verbose=0)
+    backbone, _ = scenario.pretrained_backbone(config, source)
     x = target.train.x
     rows = []
     for batch_size in batch_sizes:

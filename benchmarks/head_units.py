@@ -79,11 +79,7 @@ def run(config: scenario.ScenarioConfig, lr: float, data) -> dict:
     from frozenbn.convert import convert
 
     source, target, _ = scenario.prepare_data(data, config)
-    backbone = training.build_backbone(None, config.image_size)
-    training.pretrain_backbone(
-        backbone, *source.train, epochs=config.pretrain_epochs,
-        batch_size=config.batch_size, learning_rate=config.learning_rate,
-        seed=config.seed, verbose=0)
+    backbone, _ = scenario.pretrained_backbone(config, source)
     start = {"source": feature_spread(_pooled(backbone, source.train.x)),
              "target": feature_spread(_pooled(backbone, target.train.x))}
     model = training.build_classifier(convert(backbone), config.seed)

@@ -6,6 +6,7 @@ import os
 
 import keras
 
+from frozenbn._advice import DRIFT_SCORE
 from tests import testing
 
 REPO = testing.REPO
@@ -28,9 +29,16 @@ def test_audit_batch_tiny_writes_json_and_markdown(tmp_path):
     assert [row["batch_size"] for row in run["audits"]] == [1, 32]
     for row in run["audits"]:
         assert row["recommendation"].startswith(row["remedy"] + ": ")
-    # Not pretrained (--tiny): the moving statistics are Keras's initial
-    # 0 and 1, far from fit's batch statistics at any batch size.
-    assert [row["remedy"] for row in run["audits"]] == ["freeze", "freeze"]
+    # --tiny does not train on the source, only recalibrates the backbone
+    # there. One image per batch: fit's statistics are each image's own,
+    # further from the moving ones than those of 32 images.
+    scores = [row["max_score"] for row in run["audits"]]
+    assert scores[0] > scores[1] > 0
+    assert run["audits"][0]["remedy"] == "freeze"
+    # Every layer is in fit: the rule is the drift threshold alone.
+    for row in run["audits"]:
+        expected = "freeze" if row["max_score"] > DRIFT_SCORE else "recalibrate"
+        assert row["remedy"] == expected, row
     markdown = path.with_suffix(".md").read_text()
     assert "| seed | batch 1 | batch 32 |" in markdown
 

@@ -144,16 +144,7 @@ def _run(data, config, arms, workdir, verbose) -> ScenarioResult:
     _say(verbose, f"ResNet50 {config.image_size}x{config.image_size}, "
                   f"weights={config.weights}, backend "
                   f"{keras.config.backend()}, seed {config.seed}")
-    backbone = training.build_backbone(config.weights, config.image_size)
-    pretraining = {}
-    if config.weights in (None, "none"):
-        _say(verbose, f"pretraining on the source domain "
-                      f"({len(source.train.x)} images)")
-        pretraining = training.pretrain_backbone(
-            backbone, *source.train, epochs=config.pretrain_epochs,
-            batch_size=config.pretrain_batch_size or config.batch_size,
-            learning_rate=config.learning_rate, seed=config.seed,
-            verbose=verbose)
+    backbone, pretraining = pretrained_backbone(config, source, verbose)
     audit = audit_backbone(backbone, target.train.x, config.batch_size)
     _say(verbose, f"audit of the pretrained backbone on the target: "
                   f"{audit['recommendation']}")
@@ -218,6 +209,36 @@ def prepare_data(data: images.DemoData, config: ScenarioConfig) -> tuple:
     target = images.Domain(prepare(balanced),
                            prepare(data.target.heldout, config.max_target))
     return source, target, counts
+
+
+def pretrained_backbone(config: ScenarioConfig, source: images.Domain,
+                        verbose: int = 0) -> tuple:
+    """The scenario's ResNet50 backbone, before any fine-tuning.
+
+    With `config.weights` `None` (or `"none"`) it is trained on the source
+    domain for `config.pretrain_epochs` (at `config.pretrain_batch_size`,
+    else `config.batch_size`) and its statistics recalibrated there, as
+    `training.pretrain_backbone` does; otherwise it holds the given weights.
+
+    Args:
+        config: A `ScenarioConfig`.
+        source: The preprocessed source domain, from `prepare_data`.
+        verbose: 0, or 1 for a line and a progress bar of the pretraining.
+
+    Returns:
+        `(backbone, pretraining)`: the model, and `pretrain_backbone`'s
+        `{"accuracy": ...}` (`{}` when not pretrained here).
+    """
+    backbone = training.build_backbone(config.weights, config.image_size)
+    if config.weights not in (None, "none"):
+        return backbone, {}
+    _say(verbose, f"pretraining on the source domain "
+                  f"({len(source.train.x)} images)")
+    return backbone, training.pretrain_backbone(
+        backbone, *source.train, epochs=config.pretrain_epochs,
+        batch_size=config.pretrain_batch_size or config.batch_size,
+        learning_rate=config.learning_rate, seed=config.seed,
+        verbose=verbose)
 
 
 def audit_backbone(backbone, x, batch_size) -> dict:
