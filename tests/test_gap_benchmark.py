@@ -6,6 +6,7 @@ import os
 import keras
 import pytest
 
+from frozenbn._advice import DRIFT_SCORE
 from tests import testing
 
 REPO = testing.REPO
@@ -73,6 +74,36 @@ def test_docs_show_the_committed_gap_results(name):
         assert gap._common.replace_block(text, marker, block) == text, (
             f"{page} is stale: run python benchmarks/gap.py --render "
             f"benchmarks/results/{name} --docs")
+
+
+def _committed_runs(gap, name):
+    path = os.path.join(REPO, "benchmarks", "results", name)
+    with open(path, encoding="utf-8") as f:
+        payload = json.load(f)
+    return payload, gap._runs(payload)
+
+
+def test_audit_pick_reads_the_recorded_score_with_todays_rule():
+    """Every committed run's audit of the pretrained backbone: above the
+    drift threshold the rule says freeze (the frozenbn arm), at or below it
+    recalibrate (stock training, then recalibrate)."""
+    gap = _load_gap()
+    for name in sorted(gap.DOCS):
+        _, runs = _committed_runs(gap, name)
+        for run in runs:
+            remedy, arm = gap.audit_pick(run)
+            frozen = run.audit["max_score"] > DRIFT_SCORE
+            assert (remedy, arm) == (("freeze", "frozenbn") if frozen else
+                                     ("recalibrate", "stock_recalibrated"))
+    # The batch-32 runs score below the threshold, the batch-4 run above.
+    _, runs = _committed_runs(gap, "gap_small_tensorflow_cpu.json")
+    assert {gap.audit_pick(run)[0] for run in runs} == {"recalibrate"}
+    payload, runs = _committed_runs(gap, "gap_small_batch4_tensorflow_cpu.json")
+    assert {gap.audit_pick(run)[0] for run in runs} == {"freeze"}
+    (check,) = [c for name, c in gap.checks(runs).items()
+                if name.startswith("audit's remedy")]
+    assert check["met"] and check["detail"].startswith("freeze 0.023, ")
+    assert payload["checks"] == gap.checks(runs)
 
 
 def test_docs_refuse_a_results_file_no_page_shows(tmp_path):
