@@ -98,6 +98,10 @@ DOCS = {
 `<!-- MARKER:begin -->...<!-- MARKER:end -->` that `--docs` rewrites from
 it."""
 
+AUDIT_PICKS = ("docs/benchmarks.md", "audit-picks")
+"""The page and marker of the block that `--docs` rewrites from every file
+in `DOCS`: how the remedy `audit` recommends did on each seed."""
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the benchmark (or re-renders a results file); returns 0."""
@@ -392,8 +396,11 @@ def update_docs(json_path: str, root: Optional[str] = None) -> list:
     with open(json_path, encoding="utf-8") as f:
         payload = json.load(f)
     block = docs_block(payload, name)
+    blocks = [(page, marker, block) for page, marker in DOCS[name].items()]
+    blocks.append((*AUDIT_PICKS, audit_picks_block(
+        os.path.join(root, "benchmarks", "results"))))
     changed = []
-    for page, marker in DOCS[name].items():
+    for page, marker, block in blocks:
         path = os.path.join(root, page)
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -402,6 +409,42 @@ def update_docs(json_path: str, root: Optional[str] = None) -> list:
             _common.write_text(new, path)
             changed.append(page)
     return changed
+
+
+def audit_picks_block(results_dir: str) -> str:
+    """Per seed of every results file in `DOCS`, by batch size: the remedy
+    `audit`'s rule gives for the recorded drift score, and how its arm did
+    against the best arm of the run."""
+    rows = []
+    for name in sorted(DOCS):
+        stem = os.path.splitext(name)[0]
+        with open(os.path.join(results_dir, name), encoding="utf-8") as f:
+            runs = _runs(json.load(f))
+        for run in runs:
+            remedy, arm = audit_pick(run)
+            if arm in run.names:
+                best = max(run.arms, key=lambda a: a.heldout_accuracy)
+                rows.append((run.config["batch_size"], run.config["seed"],
+                             stem, run.audit["max_score"], remedy,
+                             run.arm(arm), best))
+    rows.sort(key=lambda row: row[:2])
+    below = [best.heldout_accuracy - pick.heldout_accuracy
+             for *_, pick, best in rows]
+    lines = [
+        f"`audit`'s remedy was within 0.03 of the best arm's held-out "
+        f"accuracy on {sum(b <= 0.03 for b in below)} of {len(rows)} seeds:",
+        "",
+        "| batch | seed | results | worst drift score | audit says "
+        "| its arm, held-out | best arm, held-out | below the best |",
+        "|---|---|---|---|---|---|---|---|"]
+    for (batch, seed, stem, score, remedy, pick, best), gap in zip(rows,
+                                                                 below):
+        lines.append(
+            f"| {batch} | {seed} | [{stem}](../benchmarks/results/{stem}.md)"
+            f" | {score:.2f} | {remedy} | {pick.label}, "
+            f"{pick.heldout_accuracy:.3f} | {best.label}, "
+            f"{best.heldout_accuracy:.3f} | {gap:.3f} |")
+    return "\n".join(lines)
 
 
 def docs_block(payload: dict, name: str) -> str:

@@ -106,6 +106,22 @@ def test_audit_pick_reads_the_recorded_score_with_todays_rule():
     assert payload["checks"] == gap.checks(runs)
 
 
+def test_docs_show_the_audit_picks_of_the_committed_runs():
+    """docs/benchmarks.md's table of audit's picks is the one generated from
+    every committed results file that a docs page shows."""
+    gap = _load_gap()
+    block = gap.audit_picks_block(os.path.join(REPO, "benchmarks", "results"))
+    page, marker = gap.AUDIT_PICKS
+    with open(os.path.join(REPO, page), encoding="utf-8") as f:
+        text = f.read()
+    assert gap._common.replace_block(text, marker, block) == text, (
+        f"{page} is stale: run python benchmarks/gap.py --render "
+        "benchmarks/results/gap_small_tensorflow_cpu.json --docs")
+    rows = [line for line in block.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == sum(
+        len(_committed_runs(gap, name)[1]) for name in gap.DOCS)
+
+
 def test_docs_refuse_a_results_file_no_page_shows(tmp_path):
     """`--docs` with another results file (a tagged side run) must not
     overwrite the committed run's summary."""
