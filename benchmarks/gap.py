@@ -22,8 +22,8 @@ within 0.03 of the best arm, and is not a constant predictor; where the run
 measured it, also an `eval/fit-mode` <= 1.5 (evaluate's loss over the same
 checkpoint's loss as `fit` normalizes, without Dropout). One more check
 follows `frozenbn.audit`: the arm of the remedy its rule gives for each
-seed's recorded drift score (`audit_pick`) is within 0.03 of the best arm.
-Nothing is asserted: the report says which are met.
+seed's recorded drift score (`arms.audit_pick`) is within 0.03 of the best
+arm. Nothing is asserted: the report says which are met.
 
 Configurations:
     --tiny   smoke test: 32x32, 64 images, 1 epoch (seconds of compute).
@@ -53,7 +53,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
 
-from frozenbn import _advice  # noqa: E402
 from frozenbn import _report  # noqa: E402
 from frozenbn.demo import arms as arms_lib  # noqa: E402
 from frozenbn.demo import images  # noqa: E402
@@ -70,14 +69,6 @@ CONFIGS = {
 REMEDIES = tuple(a for a in arms_lib.DEMO_ARMS
                  if a not in ("stock", "keras_bn_frozen"))
 """The remedies the README recommends (checked on every seed)."""
-
-AUDIT_ARMS = {
-    _advice.FREEZE: "frozenbn",
-    _advice.RECALIBRATE: "stock_recalibrated",
-    _advice.RECALIBRATE_THEN_FREEZE: "frozenbn_recalibrated",
-}
-"""The arm that follows each remedy `frozenbn.audit` can recommend for the
-pretrained backbone."""
 
 DOCS = {
     "gap_small_tensorflow_cpu.json": {
@@ -193,7 +184,7 @@ def checks(runs: Sequence[results_lib.ScenarioResult]) -> dict:
             not any(a.constant for a in arms),
             _values([a.heldout_prediction_std for a in arms], "{:.2f}")
             + " (std of held-out predictions)")
-    picks = [audit_pick(run) for run in runs]
+    picks = [arms_lib.audit_pick(run.audit) for run in runs]
     if all(arm in ran for _, arm in picks):
         below = [max(a.heldout_accuracy for a in run.arms)
                  - run.arm(arm).heldout_accuracy
@@ -214,22 +205,6 @@ def checks(runs: Sequence[results_lib.ScenarioResult]) -> dict:
                 "(mean held-out)"] = _check(
                     diff >= 0, f"{diff:+.3f}")
     return out
-
-
-def audit_pick(run: results_lib.ScenarioResult) -> tuple:
-    """The remedy `frozenbn.audit`'s rule gives for a run's recorded drift
-    score, and the arm that follows it.
-
-    The run's audit is of the pretrained backbone, in which `fit`
-    normalizes every BN layer with batch statistics, so the rule reads the
-    worst layer score alone. Runs recorded before the rule changed keep
-    their old recommendation text; this applies today's rule.
-
-    Returns:
-        `(remedy, arm name)`.
-    """
-    remedy = _advice.recommend([run.audit["max_score"]], [True]).remedy
-    return remedy, AUDIT_ARMS[remedy]
 
 
 def _check(met: bool, detail: str) -> dict:
@@ -421,7 +396,7 @@ def audit_picks_block(results_dir: str) -> str:
         with open(os.path.join(results_dir, name), encoding="utf-8") as f:
             runs = _runs(json.load(f))
         for run in runs:
-            remedy, arm = audit_pick(run)
+            remedy, arm = arms_lib.audit_pick(run.audit)
             if arm in run.names:
                 best = max(run.arms, key=lambda a: a.heldout_accuracy)
                 rows.append((run.config["batch_size"], run.config["seed"],

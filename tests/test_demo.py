@@ -15,6 +15,7 @@ import frozenbn
 from frozenbn.cli import main
 from frozenbn.demo import arms as demo_arms
 from frozenbn.demo import images as demo_images
+from frozenbn.demo import results as demo_results
 from frozenbn.demo import scenario
 from frozenbn.demo import training
 from frozenbn import _images
@@ -212,7 +213,8 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "evaluate loss" in printed and "held-out acc" in printed
-    assert "audit of the pretrained backbone" in printed
+    assert "audit of the pretrained backbone on the target: " in printed
+    assert "audit of the pretrained backbone said " in printed
     for name in ("results.json", "results.md", "results.png"):
         assert (out / name).stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
@@ -235,6 +237,34 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     assert len(arms["stock"]["curves"]["eval_loss"]) == arms["stock"][
         "epochs_run"]
     assert "| arm |" in (out / "results.md").read_text()
+
+
+def _committed_gap_run(name, seed):
+    path = os.path.join(testing.REPO, "benchmarks", "results", name)
+    with open(path, encoding="utf-8") as f:
+        payload = json.load(f)
+    (run,) = [r for r in payload["runs"] if r["config"]["seed"] == seed]
+    return demo_results.ScenarioResult.from_dict(run)
+
+
+def test_verdict_says_how_the_remedy_audit_recommended_did():
+    """The demo's last verdict line: the arm of audit's remedy against the
+    best arm, from committed gap runs at batch 4 and 32."""
+    run = _committed_gap_run("gap_small_batch4_tensorflow_cpu.json", 0)
+    assert run.audit["max_score"] > 1.5
+    last = demo_results.verdict(run).splitlines()[-1]
+    assert last == (
+        "- audit of the pretrained backbone said freeze: frozenbn.convert "
+        "(frozen), held-out 0.822, 0.023 below the best arm (Keras, BN "
+        "trainable=False, 0.846).")
+    run = _committed_gap_run("gap_small_tensorflow_cpu.json", 0)
+    last = demo_results.verdict(run).splitlines()[-1]
+    assert last == (
+        "- audit of the pretrained backbone said recalibrate: Keras stock + "
+        "frozenbn.recalibrate, held-out 0.881, the best arm.")
+    run.arms = [a for a in run.arms if a.name != "stock_recalibrated"]
+    assert demo_results.verdict(run).endswith(
+        "said recalibrate (arm 'stock_recalibrated' did not run).")
 
 
 def _bn_dropout_model():

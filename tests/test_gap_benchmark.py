@@ -7,6 +7,7 @@ import keras
 import pytest
 
 from frozenbn._advice import DRIFT_SCORE
+from frozenbn.demo import arms
 from tests import testing
 
 REPO = testing.REPO
@@ -91,15 +92,15 @@ def test_audit_pick_reads_the_recorded_score_with_todays_rule():
     for name in sorted(gap.DOCS):
         _, runs = _committed_runs(gap, name)
         for run in runs:
-            remedy, arm = gap.audit_pick(run)
+            remedy, arm = arms.audit_pick(run.audit)
             frozen = run.audit["max_score"] > DRIFT_SCORE
             assert (remedy, arm) == (("freeze", "frozenbn") if frozen else
                                      ("recalibrate", "stock_recalibrated"))
     # The batch-32 runs score below the threshold, the batch-4 run above.
     _, runs = _committed_runs(gap, "gap_small_tensorflow_cpu.json")
-    assert {gap.audit_pick(run)[0] for run in runs} == {"recalibrate"}
+    assert {arms.audit_pick(run.audit)[0] for run in runs} == {"recalibrate"}
     payload, runs = _committed_runs(gap, "gap_small_batch4_tensorflow_cpu.json")
-    assert {gap.audit_pick(run)[0] for run in runs} == {"freeze"}
+    assert {arms.audit_pick(run.audit)[0] for run in runs} == {"freeze"}
     (check,) = [c for name, c in gap.checks(runs).items()
                 if name.startswith("audit's remedy")]
     assert check["met"] and check["detail"].startswith("freeze 0.023, ")

@@ -14,6 +14,7 @@ from typing import Optional
 
 import keras
 
+from frozenbn import _advice
 from frozenbn import _walk
 
 
@@ -112,6 +113,41 @@ Keras's own BN `trainable=False` for comparison."""
 
 GAP_ARMS = DEMO_ARMS + ("frozenbn_recalibrated", "keras_backbone_frozen")
 """The arms `benchmarks/gap.py` runs by default."""
+
+
+AUDIT_ARMS = {
+    _advice.FREEZE: "frozenbn",
+    _advice.RECALIBRATE: "stock_recalibrated",
+    _advice.RECALIBRATE_THEN_FREEZE: "frozenbn_recalibrated",
+}
+"""The arm that follows each remedy `frozenbn.audit` can recommend for the
+pretrained backbone."""
+
+
+def audit_pick(audit: dict) -> tuple:
+    """The remedy `frozenbn.audit`'s rule gives for a scenario's audit, and
+    the arm that follows it.
+
+    The scenario audits the pretrained backbone, in which `fit` normalizes
+    every BN layer with batch statistics, so the rule reads the worst layer
+    score alone. Results recorded before the rule changed keep their old
+    recommendation text; this applies today's rule to their score.
+
+    Args:
+        audit: A scenario's `audit`, `{"max_score": ..., ...}`.
+
+    Returns:
+        `(remedy, arm name)`.
+
+    Example:
+
+    >>> audit_pick({"max_score": 2.2})
+    ('freeze', 'frozenbn')
+    >>> audit_pick({"max_score": 1.2})
+    ('recalibrate', 'stock_recalibrated')
+    """
+    remedy = _advice.recommend([audit["max_score"]], [True]).remedy
+    return remedy, AUDIT_ARMS[remedy]
 
 
 def check_arms(arms) -> None:

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from frozenbn import _report
+from frozenbn.demo import arms as arms_lib
 from frozenbn.demo import plots
 
 CONSISTENT_RATIO = 1.5
@@ -176,7 +177,25 @@ def verdict(result: ScenarioResult) -> str:
             state += "; the saved model predicts a constant"
         lines.append(f"- {arm.label}: {state}; held-out accuracy "
                      f"{arm.heldout_accuracy:.3f}.")
+    if result.audit:
+        lines.append(_audit_verdict(result))
     return "\n".join(lines)
+
+
+def _audit_verdict(result: ScenarioResult) -> str:
+    """How the arm of the remedy `audit` recommended did, against the best."""
+    remedy, name = arms_lib.audit_pick(result.audit)
+    line = f"- audit of the pretrained backbone said {remedy}"
+    if name not in result.names:
+        return line + f" (arm {name!r} did not run)."
+    pick = result.arm(name)
+    best = max(result.arms, key=lambda a: a.heldout_accuracy)
+    below = best.heldout_accuracy - pick.heldout_accuracy
+    line += f": {pick.label}, held-out {pick.heldout_accuracy:.3f}, "
+    if below <= 0:
+        return line + "the best arm."
+    return line + (f"{below:.3f} below the best arm ({best.label}, "
+                   f"{best.heldout_accuracy:.3f}).")
 
 
 def markdown_report(result: ScenarioResult, title: str) -> str:
