@@ -14,17 +14,21 @@ remedy with a one-line reason:
   when the model already has the gap (evaluate/fit ratio above
   `GAP_RATIO`);
 - `"freeze"`: `fit`'s batch statistics are far from the moving ones (small
-  batches make them so): training with them optimizes a model that
-  `evaluate` does not run; freeze them (`frozenbn.convert`) to fine-tune;
+  batches make them so), or the batches are smaller than `SMALL_BATCH`, too
+  small to train on their statistics: training with them optimizes a model
+  that `evaluate` does not run; freeze them (`frozenbn.convert`) to
+  fine-tune;
 - `"recalibrate then freeze"`: `fit` already uses the moving statistics,
   and they do not fit the data (or the gap is there): recalibrate them on
   it; they stay frozen.
 
-The rule and its threshold come from the gap benchmark (docs/benchmarks.md):
-on its pretrained backbones the worst score was 1.12-1.33 at batch 32,
-where stock training + recalibrate gave the best held-out accuracy on 8 of
-11 seeds, and 2.04-2.51 at batch 4, where stock training learned nothing
-and the frozen statistics gave the best frozenbn arm.
+The rule and its thresholds come from the gap benchmark
+(docs/benchmarks.md): on its pretrained backbones the worst score was
+1.12-1.33 at batch 32, where stock training + recalibrate gave the best
+held-out accuracy on 8 of 11 seeds, and 2.04-2.51 at batch 4, where stock
+training learned nothing and the frozen statistics gave the best frozenbn
+arm; at batch 8 and 16 freezing was best on every seed also where the score
+was 1.23-1.32, hence `SMALL_BATCH`.
 """
 
 import dataclasses
@@ -42,6 +46,18 @@ A layer's score is its mean shift (in moving-std units) plus its mean
 
 GAP_RATIO = 5.0
 """Evaluate/fit loss ratio above which the model has the gap."""
+
+SMALL_BATCH = 32
+"""Batch size below which `fit`'s batch statistics are too noisy to train
+on, whatever the drift score.
+
+In the gap benchmark, at batch 4, 8 and 16 frozen statistics
+(`frozenbn.convert`) gave the best frozenbn arm on every seed run, also
+where the drift score was at most 1.5 (1.23 and 1.32 at batch 16), while
+stock training learned nothing on four of those six seeds; at batch 32 stock
+training + recalibrate was the best arm on 8 of 11 seeds. Batch
+normalization's known weakness at small batches (Wu and He, Group
+Normalization, 2018) is why detectron2 and mmdet freeze it there."""
 
 NONE = "none"
 FREEZE = "freeze"
@@ -71,8 +87,10 @@ def recommend(
     batch_statistics_in_fit: Sequence[bool],
     ratio: Optional[float] = None,
     *,
+    batch_size: Optional[int] = None,
     drift_score: float = DRIFT_SCORE,
     gap_ratio: float = GAP_RATIO,
+    small_batch: int = SMALL_BATCH,
 ) -> Recommendation:
     """Names the remedy that an audit's measurements point to.
 
@@ -82,8 +100,12 @@ def recommend(
         batch_statistics_in_fit: Per BN layer, whether `fit` normalizes it
             with batch statistics (same order as `scores`).
         ratio: The evaluate/fit loss ratio, or `None` without labels.
+        batch_size: The batch size `fit` runs at (the audit's), or `None`
+            if unknown.
         drift_score: Worst score above which statistics do not fit.
         gap_ratio: Ratio above which the model has the gap.
+        small_batch: Batch size below which `fit`'s batch statistics are
+            too noisy to train on.
 
     Returns:
         A `Recommendation`.
@@ -96,6 +118,8 @@ def recommend(
     'freeze'
     >>> recommend([2.4, 0.1], [False, False]).remedy
     'recalibrate then freeze'
+    >>> recommend([0.2, 0.1], [True, True], batch_size=8).remedy
+    'freeze'
     """
     if len(scores) != len(batch_statistics_in_fit):
         raise ValueError(
@@ -112,7 +136,10 @@ def recommend(
     has_gap = ratio is not None and (
         not math.isfinite(ratio) or ratio > gap_ratio
     )
+    small = batch_size is not None and batch_size < small_batch
     measured = f"worst layer drift score {worst:.3g}"
+    if batch_size is not None:
+        measured += f" at batch size {batch_size}"
     if ratio is not None:
         measured += f", evaluate/fit loss ratio {ratio:.3g}"
     if has_gap and in_fit:
@@ -122,14 +149,20 @@ def recommend(
             "frozenbn.recalibrate(model, train_data) before you evaluate "
             "or save",
         )
-    if in_fit and worst > drift_score:
+    if in_fit and (worst > drift_score or small):
+        why = (
+            f"batches under {small_batch}: fit's batch statistics in "
+            f"{in_fit} layer(s) are too noisy to train on"
+            if small
+            else f"drift above {drift_score:g}: fit's batch statistics in "
+            f"{in_fit} layer(s) are far from the moving ones (small batches "
+            "make them so)"
+        )
         return Recommendation(
             FREEZE,
-            f"{measured}; drift above {drift_score:g}: fit's batch "
-            f"statistics in {in_fit} layer(s) are far from the moving ones "
-            "(small batches make them so), so training with them optimizes "
-            "a model that evaluate does not run; frozenbn.convert (frozen) "
-            "to fine-tune, at a small learning rate (Adam 1e-5)",
+            f"{measured}; {why}, so training with them optimizes a model "
+            "that evaluate does not run; frozenbn.convert (frozen) to "
+            "fine-tune, at a small learning rate (Adam 1e-5)",
         )
     if worst > drift_score or has_gap:
         # Every layer already normalizes with its moving statistics in fit:

@@ -25,7 +25,8 @@ _REMEDIES = (
     "close to the moving ones (drift score at most 1.5 at the batch size "
     "you train with): train as usual, then `frozenbn.recalibrate(model, "
     "train_data)` before evaluate/save, so the saved model computes what "
-    "fit optimized; (2) far from them (small batches): `model = "
+    "fit optimized; (2) far from them, or batches under "
+    f"{_advice.SMALL_BATCH}, too noisy to train on: `model = "
     "frozenbn.convert(model)`, at a small learning rate (Adam 1e-5, the "
     "rate of Keras's transfer-learning guide and of the benchmark).\n"
     "With frozen statistics a failed run shows in fit itself: a training "
@@ -86,6 +87,8 @@ class AuditReport:
         mean_output_diff: Mean absolute difference between them.
         samples: Number of samples audited.
         steps: Number of batches audited.
+        batch_size: The largest batch audited: the batch size of `fit` the
+            audit stands for (`None` when not known).
         recommendation: The remedy these measurements point to, with a
             one-line reason (`frozenbn._advice.recommend`); computed from
             `layers` and `ratio` when not given.
@@ -100,6 +103,7 @@ class AuditReport:
     mean_output_diff: float
     samples: int
     steps: int
+    batch_size: Optional[int] = None
     recommendation: Optional[_advice.Recommendation] = None
 
     def __post_init__(self):
@@ -108,6 +112,7 @@ class AuditReport:
                 [a.score for a in self.layers],
                 [a.batch_statistics_in_fit for a in self.layers],
                 self.ratio,
+                batch_size=self.batch_size,
             )
 
     def to_dict(self) -> dict:
@@ -117,7 +122,9 @@ class AuditReport:
     def __str__(self) -> str:
         lines = [
             f"BatchNormalization audit of '{self.model_name}' on "
-            f"{self.samples} samples ({self.steps} batches)."
+            f"{self.samples} samples ({self.steps} batches"
+            + (f" of up to {self.batch_size}" if self.batch_size else "")
+            + ")."
         ]
         if self.train_loss is not None:
             lines.append(
@@ -279,6 +286,7 @@ def audit(
 
     totals = {"train": 0.0, "inference": 0.0, "weight": 0.0}
     max_diff, diff_sum, diff_count, samples, steps_done = 0.0, 0.0, 0, 0, 0
+    largest = 0
     has_loss = loss_fn is not None
     batch_in_fit = _stats.uses_batch_statistics_in_fit(model)
     with _stats.StatisticsPass(
@@ -292,6 +300,7 @@ def audit(
         for x, y, w in _data.iter_xy(data, steps=steps, batch_size=batch_size):
             fit_out, infer_out = stats.step(x)
             n = _batch_size(x)
+            largest = max(largest, n)
             samples += n
             steps_done += 1
             for a, b in zip(
@@ -340,6 +349,7 @@ def audit(
         mean_output_diff=diff_sum / diff_count if diff_count else 0.0,
         samples=samples,
         steps=steps_done,
+        batch_size=largest or None,
     )
 
 

@@ -66,6 +66,24 @@ def test_recommend_reason_compares_each_measurement_with_its_threshold():
     assert "<=" not in advice.reason and "drift above" not in advice.reason
 
 
+def test_recommend_freezes_under_the_small_batch_size():
+    """Under `SMALL_BATCH`, fit's batch statistics are too noisy to train on
+    whatever the drift score; the gap and frozen layers come first."""
+    small = _advice.SMALL_BATCH - 1
+    advice = _advice.recommend([0.2], [True], batch_size=small)
+    assert advice.remedy == _advice.FREEZE
+    assert f"at batch size {small}" in advice.reason
+    assert f"batches under {_advice.SMALL_BATCH}" in advice.reason
+    advice = _advice.recommend([0.2], [True], batch_size=_advice.SMALL_BATCH)
+    assert advice.remedy == _advice.RECALIBRATE
+    assert _advice.recommend([0.2], [True], 40.0, batch_size=4).remedy == (
+        _advice.RECALIBRATE)
+    assert _advice.recommend([0.2], [False], batch_size=4).remedy == (
+        _advice.NONE)
+    assert _advice.recommend([0.2], [True], batch_size=4,
+                             small_batch=4).remedy == _advice.RECALIBRATE
+
+
 def test_recommend_thresholds_are_arguments():
     assert _advice.recommend([2.0], [True]).remedy == _advice.FREEZE
     assert _advice.recommend([2.0], [True], drift_score=3.0).remedy == (
@@ -154,8 +172,19 @@ def test_audit_advice_follows_the_batch_size():
     frozenbn.recalibrate(model, x, verbose=0)
 
     report = frozenbn.audit(model, x, batch_size=64)
+    assert report.batch_size == 64
     assert report.layers[0].score < 0.2, str(report)
     assert report.recommendation.remedy == _advice.RECALIBRATE
+    assert "(2 batches of up to 64)" in str(report)
+
+    # Batches of 8: statistics still close, but too few samples to train
+    # on: freeze, for the batch size.
+    report = frozenbn.audit(model, x, batch_size=8)
+    assert report.batch_size == 8
+    assert report.layers[0].score <= _advice.DRIFT_SCORE, str(report)
+    assert report.recommendation.remedy == _advice.FREEZE
+    assert f"batches under {_advice.SMALL_BATCH}" in (
+        report.recommendation.reason)
 
     report = frozenbn.audit(model, x, batch_size=1)
     assert report.layers[0].name == model.layers[4].name

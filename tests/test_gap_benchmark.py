@@ -7,6 +7,7 @@ import keras
 import pytest
 
 from frozenbn._advice import DRIFT_SCORE
+from frozenbn._advice import SMALL_BATCH
 from frozenbn.demo import arms
 from tests import testing
 
@@ -84,23 +85,28 @@ def _committed_runs(gap, name):
     return payload, gap._runs(payload)
 
 
+def _pick(run):
+    return arms.audit_pick(run.audit, run.config["batch_size"])
+
+
 def test_audit_pick_reads_the_recorded_score_with_todays_rule():
     """Every committed run's audit of the pretrained backbone: above the
-    drift threshold the rule says freeze (the frozenbn arm), at or below it
-    recalibrate (stock training, then recalibrate)."""
+    drift threshold or under the small-batch size the rule says freeze (the
+    frozenbn arm), otherwise recalibrate (stock training, then
+    recalibrate)."""
     gap = _load_gap()
     for name in sorted(gap.DOCS):
         _, runs = _committed_runs(gap, name)
         for run in runs:
-            remedy, arm = arms.audit_pick(run.audit)
-            frozen = run.audit["max_score"] > DRIFT_SCORE
-            assert (remedy, arm) == (("freeze", "frozenbn") if frozen else
-                                     ("recalibrate", "stock_recalibrated"))
+            frozen = (run.audit["max_score"] > DRIFT_SCORE
+                      or run.config["batch_size"] < SMALL_BATCH)
+            assert _pick(run) == (("freeze", "frozenbn") if frozen else
+                                  ("recalibrate", "stock_recalibrated"))
     # The batch-32 runs score below the threshold, the batch-4 run above.
     _, runs = _committed_runs(gap, "gap_small_tensorflow_cpu.json")
-    assert {arms.audit_pick(run.audit)[0] for run in runs} == {"recalibrate"}
+    assert {_pick(run)[0] for run in runs} == {"recalibrate"}
     payload, runs = _committed_runs(gap, "gap_small_batch4_tensorflow_cpu.json")
-    assert {arms.audit_pick(run.audit)[0] for run in runs} == {"freeze"}
+    assert {_pick(run)[0] for run in runs} == {"freeze"}
     (check,) = [c for name, c in gap.checks(runs).items()
                 if name.startswith("audit's remedy")]
     assert check["met"] and check["detail"].startswith("freeze 0.023, ")

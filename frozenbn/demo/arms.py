@@ -124,29 +124,34 @@ AUDIT_ARMS = {
 pretrained backbone."""
 
 
-def audit_pick(audit: dict) -> tuple:
+def audit_pick(audit: dict, batch_size: int) -> tuple:
     """The remedy `frozenbn.audit`'s rule gives for a scenario's audit, and
     the arm that follows it.
 
     The scenario audits the pretrained backbone, in which `fit` normalizes
-    every BN layer with batch statistics, so the rule reads the worst layer
-    score alone. Results recorded before the rule changed keep their old
-    recommendation text; this applies today's rule to their score.
+    every BN layer with batch statistics, at the fine-tuning batch size, so
+    the rule reads the worst layer score and that batch size. Results
+    recorded before the rule changed keep their old recommendation text;
+    this applies today's rule to what they measured.
 
     Args:
         audit: A scenario's `audit`, `{"max_score": ..., ...}`.
+        batch_size: The scenario's batch size (its config's `batch_size`).
 
     Returns:
         `(remedy, arm name)`.
 
     Example:
 
-    >>> audit_pick({"max_score": 2.2})
+    >>> audit_pick({"max_score": 2.2}, 32)
     ('freeze', 'frozenbn')
-    >>> audit_pick({"max_score": 1.2})
+    >>> audit_pick({"max_score": 1.2}, 32)
     ('recalibrate', 'stock_recalibrated')
+    >>> audit_pick({"max_score": 1.2}, 8)
+    ('freeze', 'frozenbn')
     """
-    remedy = _advice.recommend([audit["max_score"]], [True]).remedy
+    remedy = _advice.recommend([audit["max_score"]], [True],
+                               batch_size=batch_size).remedy
     return remedy, AUDIT_ARMS[remedy]
 
 

@@ -184,7 +184,8 @@ def verdict(result: ScenarioResult) -> str:
 
 def _audit_verdict(result: ScenarioResult) -> str:
     """How the arm of the remedy `audit` recommended did, against the best."""
-    remedy, name = arms_lib.audit_pick(result.audit)
+    remedy, name = arms_lib.audit_pick(result.audit,
+                                       result.config["batch_size"])
     line = f"- audit of the pretrained backbone said {remedy}"
     if name not in result.names:
         return line + f" (arm {name!r} did not run)."
