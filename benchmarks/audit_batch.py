@@ -4,10 +4,11 @@ The backbone of `frozenbn demo` (ResNet50 pretrained on the source domain,
 statistics recalibrated), audited on the target's training images at
 several batch sizes. Per seed and batch size this records the worst layer
 drift score, measured as `fit` normalizes (with batch statistics, which
-depend on the batch size), and the remedy `audit` recommends. The gap
+depend on the batch size), and the remedy `audit` recommends (under
+`frozenbn._advice.SMALL_BATCH` it is `freeze` whatever the score). The gap
 benchmark measures which remedy learns best at batch 32 (`gap.py`) and at
-batch 4 (`gap.py --batch-size 4`); this shows what `audit`'s rule says from
-what it measures before any fine-tuning.
+batch 4, 8 and 16 (`gap.py --batch-size N`); this shows what `audit`'s rule
+says from what it measures before any fine-tuning.
 
 Writes `audit_batch_<config>_<backend>_<cpu|gpu>.{json,md}` to `--out`
 (default `benchmarks/results/`); `--render JSON --docs` rewrites the

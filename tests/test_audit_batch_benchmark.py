@@ -7,6 +7,7 @@ import os
 import keras
 
 from frozenbn._advice import DRIFT_SCORE
+from frozenbn._advice import SMALL_BATCH
 from tests import testing
 
 REPO = testing.REPO
@@ -35,10 +36,12 @@ def test_audit_batch_tiny_writes_json_and_markdown(tmp_path):
     scores = [row["max_score"] for row in run["audits"]]
     assert scores[0] > scores[1] > 0
     assert run["audits"][0]["remedy"] == "freeze"
-    # Every layer is in fit: the rule is the drift threshold alone.
+    # Every layer is in fit: the rule is the drift threshold and the
+    # small-batch size.
     for row in run["audits"]:
-        expected = "freeze" if row["max_score"] > DRIFT_SCORE else "recalibrate"
-        assert row["remedy"] == expected, row
+        frozen = (row["max_score"] > DRIFT_SCORE
+                  or row["batch_size"] < SMALL_BATCH)
+        assert row["remedy"] == ("freeze" if frozen else "recalibrate"), row
     markdown = path.with_suffix(".md").read_text()
     assert "| seed | batch 1 | batch 32 |" in markdown
 
