@@ -90,6 +90,9 @@ DOCS = {
     "gap_small_batch16_tensorflow_cpu.json": {
         "docs/benchmarks.md": "gap-batch16",
     },
+    "gap_small_batch16_seeds2-3_tensorflow_cpu.json": {
+        "docs/benchmarks.md": "gap-batch16-seeds2-3",
+    },
 }
 """Per committed results file, the pages with a block
 `<!-- MARKER:begin -->...<!-- MARKER:end -->` that `--docs` rewrites from

@@ -27,8 +27,8 @@ The rule and its thresholds come from the gap benchmark
 1.12-1.33 at batch 32, where stock training + recalibrate gave the best
 held-out accuracy on 8 of 11 seeds, and 2.04-2.51 at batch 4, where stock
 training learned nothing and the frozen statistics gave the best frozenbn
-arm; at batch 8 and 16 freezing was best on every seed also where the score
-was 1.23-1.32, hence `SMALL_BATCH`.
+arm; at batch 8 and 16 the score (1.21-1.32 on five of the six seeds run)
+did not say which remedy won, hence `SMALL_BATCH`.
 """
 
 import dataclasses
@@ -51,11 +51,12 @@ SMALL_BATCH = 32
 """Batch size below which `fit`'s batch statistics are too noisy to train
 on, whatever the drift score.
 
-In the gap benchmark, at batch 4, 8 and 16 frozen statistics
-(`frozenbn.convert`) gave the best frozenbn arm on every seed run, also
-where the drift score was at most 1.5 (1.23 and 1.32 at batch 16), while
-stock training learned nothing on four of those six seeds; at batch 32 stock
-training + recalibrate was the best arm on 8 of 11 seeds. Batch
+In the gap benchmark, at batch 4 and 8 freezing the statistics gave the
+best arm on every seed run (four), also where the drift score was at most
+1.5 (1.32), while stock training learned little or nothing; at batch 16 on
+two seeds of four (stock training + recalibrate on the other two, with
+scores 1.21-1.32 on all four); at batch 32 stock training + recalibrate was
+the best arm on 8 of 11 seeds. Batch
 normalization's known weakness at small batches (Wu and He, Group
 Normalization, 2018) is why detectron2 and mmdet freeze it there."""
 
