@@ -54,11 +54,11 @@ on, whatever the drift score.
 In the gap benchmark, at batch 4 and 8 freezing the statistics gave the
 best arm on every seed run (four), also where the drift score was at most
 1.5 (1.32), while stock training learned little or nothing; at batch 16 on
-two seeds of four (stock training + recalibrate on the other two, with
-scores 1.21-1.32 on all four); at batch 32 stock training + recalibrate was
-the best arm on 8 of 11 seeds. Batch
-normalization's known weakness at small batches (Wu and He, Group
-Normalization, 2018) is why detectron2 and mmdet freeze it there."""
+two seeds of four (stock training + recalibrate best or 0.004 behind on the
+other two, with scores 1.21-1.32 on all four); at batch 32 stock training +
+recalibrate was the best arm on 8 of 11 seeds. Batch normalization's known
+weakness at small batches (Wu and He, Group Normalization, 2018) is why
+detectron2 and mmdet freeze it there."""
 
 NONE = "none"
 FREEZE = "freeze"
