@@ -167,7 +167,7 @@ def checks(runs: Sequence[results_lib.ScenarioResult]) -> dict:
             min(ratios) >= 5, _values(ratios, "{:.3g}"))
     for name in (n for n in REMEDIES if n in ran):
         arms = [run.arm(name) for run in runs]
-        best = [max(a.heldout_accuracy for a in run.arms) for run in runs]
+        best = [run.best_arm.heldout_accuracy for run in runs]
         stock = [run.arm("stock").heldout_accuracy if "stock" in ran
                  else 0.0 for run in runs]
         label = arms[0].label
@@ -196,8 +196,7 @@ def checks(runs: Sequence[results_lib.ScenarioResult]) -> dict:
     picks = [arms_lib.audit_pick(run.audit, run.config["batch_size"])
              for run in runs]
     if all(arm in ran for _, arm in picks):
-        below = [max(a.heldout_accuracy for a in run.arms)
-                 - run.arm(arm).heldout_accuracy
+        below = [run.best_arm.heldout_accuracy - run.arm(arm).heldout_accuracy
                  for run, (_, arm) in zip(runs, picks)]
         out["audit's remedy (today's rule, from the recorded drift score "
             "and batch size): "
@@ -311,7 +310,8 @@ def _check_lines(checks_: dict) -> list:
 def markdown(payload: dict) -> str:
     """The results file's markdown: setup, summary, checks, per seed."""
     runs = payload["runs"]
-    first = results_lib.ScenarioResult.from_dict(runs[0])
+    results = _runs(payload)
+    first = results[0]
     cfg, data = first.config, first.data
     seconds = sum(run["seconds"] for run in runs)
     cpu = sum(run.get("cpu_seconds") or 0.0 for run in runs)
@@ -353,13 +353,13 @@ def markdown(payload: dict) -> str:
         *(f"- seed {run.config['seed']}: {run.audit.get('recommendation')} "
           f"(today's rule: "
           f"{arms_lib.audit_pick(run.audit, run.config['batch_size'])[0]})"
-          for run in _runs(payload)),
+          for run in results),
         "",
         "## Every seed",
         "",
         seed_table(payload),
         *([] if not results_lib.has_statistics_ratio(
-            arm for run in _runs(payload) for arm in run.arms) else [
+            arm for run in results for arm in run.arms) else [
             "",
             "`eval/fit-mode`: the evaluate loss over the same checkpoint's "
             "loss on the same batches normalized as `fit` normalizes, "
@@ -415,10 +415,9 @@ def audit_picks_block(results_dir: str) -> str:
             remedy, arm = arms_lib.audit_pick(run.audit,
                                               run.config["batch_size"])
             if arm in run.names:
-                best = max(run.arms, key=lambda a: a.heldout_accuracy)
                 rows.append((run.config["batch_size"], run.config["seed"],
                              stem, run.audit["max_score"], remedy,
-                             run.arm(arm), best))
+                             run.arm(arm), run.best_arm))
     rows.sort(key=lambda row: row[:2])
     below = [best.heldout_accuracy - pick.heldout_accuracy
              for *_, pick, best in rows]

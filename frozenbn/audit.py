@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 _REMEDIES = (
     "Remedies (measured in docs/benchmarks.md): (1) fit's batch statistics "
-    "close to the moving ones (drift score at most 1.5 at the batch size "
-    "you train with): train as usual, then `frozenbn.recalibrate(model, "
+    f"close to the moving ones (drift score at most {_advice.DRIFT_SCORE:g} "
+    "at the batch size you train with): train as usual, then "
+    "`frozenbn.recalibrate(model, "
     "train_data)` before evaluate/save, so the saved model computes what "
     "fit optimized; (2) far from them, or batches under "
     f"{_advice.SMALL_BATCH}, too noisy to train on: `model = "

@@ -11,8 +11,7 @@ from frozenbn._advice import SMALL_BATCH
 from tests import testing
 
 REPO = testing.REPO
-COMMITTED = os.path.join(REPO, "benchmarks", "results",
-                         "audit_batch_small_tensorflow_cpu.json")
+COMMITTED = "audit_batch_small_tensorflow_cpu.json"
 
 
 def _load():
@@ -54,11 +53,9 @@ def test_docs_show_the_committed_audit_batch_results():
     """docs/benchmarks.md's table is the one rendered from the committed
     results file (`audit_batch.py --render JSON --docs` rewrites it)."""
     bench = _load()
-    with open(COMMITTED, encoding="utf-8") as f:
-        result = json.load(f)
-    block = bench.docs_block(result, os.path.basename(COMMITTED))
+    block = bench.docs_block(testing.committed_result(COMMITTED), COMMITTED)
     with open(os.path.join(REPO, bench.DOCS_PAGE), encoding="utf-8") as f:
         text = f.read()
     assert bench._common.replace_block(text, bench.DOCS_MARKER, block) == text, (
         f"{bench.DOCS_PAGE} is stale: run python benchmarks/audit_batch.py "
-        f"--render {os.path.relpath(COMMITTED, REPO)} --docs")
+        f"--render benchmarks/results/{COMMITTED} --docs")

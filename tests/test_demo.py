@@ -240,10 +240,8 @@ def test_demo_quick_writes_results(tmp_path, capsys):
 
 
 def _committed_gap_run(name, seed):
-    path = os.path.join(testing.REPO, "benchmarks", "results", name)
-    with open(path, encoding="utf-8") as f:
-        payload = json.load(f)
-    (run,) = [r for r in payload["runs"] if r["config"]["seed"] == seed]
+    (run,) = [r for r in testing.committed_result(name)["runs"]
+              if r["config"]["seed"] == seed]
     return demo_results.ScenarioResult.from_dict(run)
 
 

@@ -66,10 +66,7 @@ def test_docs_show_the_committed_gap_results(name):
     """The summary blocks of the docs are the ones rendered from the
     committed results files (`gap.py --render JSON --docs` rewrites them)."""
     gap = _load_gap()
-    path = os.path.join(REPO, "benchmarks", "results", name)
-    with open(path, encoding="utf-8") as f:
-        payload = json.load(f)
-    block = gap.docs_block(payload, name)
+    block = gap.docs_block(testing.committed_result(name), name)
     for page, marker in gap.DOCS[name].items():
         with open(os.path.join(REPO, page), encoding="utf-8") as f:
             text = f.read()
@@ -79,9 +76,7 @@ def test_docs_show_the_committed_gap_results(name):
 
 
 def _committed_runs(gap, name):
-    path = os.path.join(REPO, "benchmarks", "results", name)
-    with open(path, encoding="utf-8") as f:
-        payload = json.load(f)
+    payload = testing.committed_result(name)
     return payload, gap._runs(payload)
 
 
@@ -117,7 +112,7 @@ def test_docs_show_the_audit_picks_of_the_committed_runs():
     """docs/benchmarks.md's table of audit's picks is the one generated from
     every committed results file that a docs page shows."""
     gap = _load_gap()
-    block = gap.audit_picks_block(os.path.join(REPO, "benchmarks", "results"))
+    block = gap.audit_picks_block(testing.RESULTS)
     page, marker = gap.AUDIT_PICKS
     with open(os.path.join(REPO, page), encoding="utf-8") as f:
         text = f.read()

@@ -16,6 +16,13 @@ requires_tensorflow = pytest.mark.skipif(
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "benchmarks", "results")
+
+
+def committed_result(name: str) -> dict:
+    """A committed benchmark results file (`benchmarks/results/NAME`)."""
+    with open(os.path.join(RESULTS, name), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def load_script(path: str):

@@ -111,6 +111,11 @@ class ScenarioResult:
         raise KeyError(f"No arm named {name!r}; ran {self.names}.")
 
     @property
+    def best_arm(self) -> ArmResult:
+        """The arm with the highest held-out accuracy (the first on a tie)."""
+        return max(self.arms, key=lambda arm: arm.heldout_accuracy)
+
+    @property
     def names(self) -> list:
         """Names of the arms, in run order."""
         return [result.name for result in self.arms]
@@ -190,7 +195,7 @@ def _audit_verdict(result: ScenarioResult) -> str:
     if name not in result.names:
         return line + f" (arm {name!r} did not run)."
     pick = result.arm(name)
-    best = max(result.arms, key=lambda a: a.heldout_accuracy)
+    best = result.best_arm
     below = best.heldout_accuracy - pick.heldout_accuracy
     line += f": {pick.label}, held-out {pick.heldout_accuracy:.3f}, "
     if below <= 0:
