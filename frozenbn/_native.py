@@ -161,14 +161,17 @@ def _torch_function():
                 # layout torch's batch norm takes, channels at dim 1.
                 x = x.reshape(-1, shape[-1])
                 dy = dy.reshape(-1, shape[-1])
+            # CUDA's kernel asserts that the saved statistics are given
+            # even in inference mode (and reads them when they are not
+            # empty): pass the moving ones, as the forward used them.
             dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
                 dy,
                 x,
                 gamma,
                 mean,
                 variance,
-                None,
-                None,
+                mean,
+                torch.rsqrt(variance + ctx.epsilon),
                 False,
                 ctx.epsilon,
                 list(ctx.needs_input_grad[:3]),

@@ -228,6 +228,37 @@ def test_native_gradient_matches_autodiff(shape, axis, kwargs, monkeypatch):
         assert scale > 0 and np.max(np.abs(native - plain)) <= 1e-6 * scale
 
 
+def test_torch_native_backward_passes_the_saved_statistics_cuda_asserts(monkeypatch):
+    """CUDA's `native_batch_norm_backward` asserts that the saved mean and
+    inverse std are given even in inference mode ("save_mean should always
+    be defined", seen on an H100) and reads them when they are not empty;
+    the CPU kernel ignores them. So the frozen backward must pass the moving
+    mean and 1/sqrt(variance + epsilon), which this checks on any device."""
+    if keras.config.backend() != "torch":
+        pytest.skip("torch's native backward only")
+    import torch
+
+    aten = torch.ops.aten
+    kernel = aten.native_batch_norm_backward
+    seen = []
+
+    def like_cuda(dy, x, gamma, mean, var, save_mean, save_invstd, train, eps, mask):
+        assert save_mean is not None and save_invstd is not None, "save_mean should always be defined"
+        seen.append((mean, var, save_mean, save_invstd, eps))
+        return kernel(dy, x, gamma, mean, var, save_mean, save_invstd, train, eps, mask)
+
+    monkeypatch.setattr(aten, "native_batch_norm_backward", like_cuda)
+    bn = frozenbn.BatchNormalization(frozen=True, epsilon=1e-3)
+    bn.build((4, 3, 3, 5))
+    testing.randomize_batch_norm(bn)
+    testing.outputs_and_gradients(bn, _inputs((4, 3, 3, 5)), _inputs((4, 3, 3, 5), seed=7))
+    assert len(seen) == 1
+    mean, var, save_mean, save_invstd, eps = (
+        v.detach().cpu().numpy() if hasattr(v, "detach") else v for v in seen[0])
+    np.testing.assert_array_equal(save_mean, mean)
+    np.testing.assert_allclose(save_invstd, 1 / np.sqrt(var + eps), rtol=1e-6)
+
+
 def test_trainable_true_on_backbone_does_not_unfreeze():
     backbone = keras.Sequential(
         [keras.Input((4,)), frozenbn.BatchNormalization(frozen=True)]
