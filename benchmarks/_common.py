@@ -14,6 +14,9 @@ versions produced them, and how they are written.
 - `environment_line(env)`: one markdown sentence naming the machine.
 - `write_result(benchmark, config_name, config, runs, out, markdown)`: the
   results JSON (with the environment) and its markdown, under `out`.
+- `argument_parser(description)`: a script's parser, with no abbreviated
+  options (a prefix of one option must not silently mean it);
+  `seed_list(text)`: its `--seeds` type, one meaning in every script.
 - `replace_block(text, marker, block)`: a docs page with its generated
   block `<!-- MARKER:begin -->...<!-- MARKER:end -->` replaced.
 
@@ -21,6 +24,7 @@ Importing this module puts the repository root on `sys.path`, so a
 benchmark run as `python benchmarks/x.py` imports the checkout's frozenbn.
 """
 
+import argparse
 import os
 import re
 import sys
@@ -35,8 +39,40 @@ from frozenbn._report import write_json  # noqa: E402
 
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 
-__all__ = ["RESULTS_DIR", "ROOT", "environment", "environment_line", "replace_block",
-           "result_stem", "write_json", "write_result", "write_text"]
+__all__ = ["RESULTS_DIR", "ROOT", "argument_parser", "environment", "environment_line",
+           "replace_block", "result_stem", "seed_list", "write_json", "write_result",
+           "write_text"]
+
+
+def argument_parser(description: str, **kwargs) -> argparse.ArgumentParser:
+    """A benchmark's command-line parser that takes option names whole.
+
+    argparse would otherwise read a prefix as the one option it starts:
+    `gap.py --seed 1` meant `--seeds 1`, i.e. seed 0, and `--seed 0` ran
+    nothing at all.
+    """
+    return argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                   **kwargs)
+
+
+def seed_list(text: str) -> list:
+    """A `--seeds` value, as every benchmark reads it.
+
+    N >= 1 is the first N seeds (0..N-1); a comma-separated list is those
+    seeds (`"3,"` is seed 3 alone). Anything naming no seed is an error.
+    """
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names no seed: give a count N >= 1 (seeds 0..N-1) or "
+            "a comma-separated list such as 0,1 or 3,")
+    return seeds
 
 
 def environment() -> dict:

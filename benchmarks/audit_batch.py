@@ -22,7 +22,6 @@ Usage:
     python benchmarks/audit_batch.py --tiny
 """
 
-import argparse
 import json
 import os
 import sys
@@ -120,10 +119,11 @@ def update_docs(json_path: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs every seed, or re-renders a results file; writes JSON and
     markdown."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _common.argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", dest="config", action="store_const",
                         const="tiny", default="small")
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--seeds", default="0,1,2,3,4", type=_common.seed_list,
+                        help="N (seeds 0..N-1) or a comma-separated list")
     parser.add_argument("--batch-sizes", default="4,8,16,32")
     parser.add_argument("--render", metavar="JSON", default=None,
                         help="only rewrite the .md of a results .json")
@@ -143,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data = images.load_demo_data()
     sizes = [int(n) for n in args.batch_sizes.split(",")]
     runs = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in args.seeds:
         print(f"seed {seed}", flush=True)
         config = scenario.ScenarioConfig(**CONFIGS[args.config], seed=seed,
                                          curves=False)

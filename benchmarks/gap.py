@@ -35,7 +35,7 @@ Configurations:
 
 Usage:
     KERAS_BACKEND=tensorflow python benchmarks/gap.py --small --seeds 5
-    python benchmarks/gap.py --seeds 0 --arms frozenbn --frozen-lr 1e-3 --tag lr1e-3
+    python benchmarks/gap.py --seeds 0, --arms frozenbn --frozen-lr 1e-3 --tag lr1e-3
     python benchmarks/gap.py --render benchmarks/results/gap_small_tensorflow_cpu.json --docs
 """
 
@@ -112,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     arms = tuple(args.arms.split(",")) if args.arms else arms_lib.GAP_ARMS
     data, notes = _data(name)
     runs = []
-    for seed in _seeds(args.seeds):
+    for seed in args.seeds:
         config = scenario.ScenarioConfig(**CONFIGS[name], seed=seed,
                                          deterministic=True)
         if args.epochs:
@@ -453,12 +453,6 @@ def docs_block(payload: dict, name: str) -> str:
     ])
 
 
-def _seeds(text: str) -> list:
-    if "," in text:
-        return [int(s) for s in text.split(",") if s.strip()]
-    return list(range(int(text)))
-
-
 def _data(name: str) -> tuple:
     if name != "full":
         return images.load_demo_data(), []
@@ -476,8 +470,8 @@ def _data(name: str) -> tuple:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+    parser = _common.argument_parser(
+        __doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Backend: set KERAS_BACKEND (tensorflow, jax, torch).")
     size = parser.add_mutually_exclusive_group()
@@ -489,9 +483,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated arms (default: "
                         + ",".join(arms_lib.GAP_ARMS) + "; all: "
                         + ",".join(arms_lib.ARMS) + ")")
-    parser.add_argument("--seeds", default="5",
-                        help="N (seeds 0..N-1) or a comma-separated list "
-                        "(default 5)")
+    parser.add_argument("--seeds", default="5", type=_common.seed_list,
+                        help="N (seeds 0..N-1) or a comma-separated list; "
+                        "one seed S alone is 'S,' (default 5)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="override the maximum number of epochs")
     parser.add_argument("--frozen-lr", type=float, default=None,

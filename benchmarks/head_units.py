@@ -22,7 +22,6 @@ Usage:
     python benchmarks/head_units.py --tiny
 """
 
-import argparse
 import os
 import sys
 from typing import Optional
@@ -126,16 +125,17 @@ def markdown(result: dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs every seed at every learning rate; writes JSON and markdown."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _common.argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", dest="config", action="store_const",
                         const="tiny", default="small")
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", default="0,1", type=_common.seed_list,
+                        help="N (seeds 0..N-1) or a comma-separated list")
     parser.add_argument("--lrs", default="1e-4,1e-5")
     parser.add_argument("--out", default=_common.RESULTS_DIR)
     args = parser.parse_args(argv)
     data = images.load_demo_data()
     runs = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in args.seeds:
         for lr in (float(v) for v in args.lrs.split(",")):
             print(f"seed {seed}, Adam {lr:g}", flush=True)
             config = scenario.ScenarioConfig(**CONFIGS[args.config],

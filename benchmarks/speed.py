@@ -37,7 +37,6 @@ Usage:
     KERAS_BACKEND=jax python benchmarks/speed.py --tiny
 """
 
-import argparse
 import datetime
 import gc
 import os
@@ -62,7 +61,7 @@ MEMORY_ARMS = "stock,keras_trainable_false,frozenbn,fused,folded"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = _common.argument_parser(__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet50", choices=("resnet50", "mini"))
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)

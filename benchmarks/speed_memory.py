@@ -23,7 +23,6 @@ GPU. Allocators keep freed memory, so RSS is an upper bound of what the
 step needs; arms are comparable because they run the same way.
 """
 
-import argparse
 import gc
 import json
 import os
@@ -125,7 +124,7 @@ def _device_peak(backend: str, reset: bool):
 
 
 def _child(argv=None) -> dict:
-    p = argparse.ArgumentParser(description="one arm's training-step memory")
+    p = _common.argument_parser("one arm's training-step memory")
     p.add_argument("--arm", required=True)
     p.add_argument("--model", default="resnet50")
     p.add_argument("--image-size", type=int, default=64)

@@ -30,7 +30,6 @@ Usage:
     KERAS_BACKEND=torch python benchmarks/speed_recalibrate.py --tiny
 """
 
-import argparse
 import datetime
 import os
 import sys
@@ -250,7 +249,7 @@ def _plot(result, path):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = _common.argument_parser(__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnet50",
                         choices=["resnet50", "mini"])
     parser.add_argument("--image-size", type=int, default=64)

@@ -18,6 +18,23 @@ def _load_gap():
     return testing.load_script(os.path.join("benchmarks", "gap.py"))
 
 
+@pytest.mark.parametrize("script", ["gap.py", "audit_batch.py", "head_units.py",
+                                    os.path.join("gpu", "gap_seeds.py")])
+def test_every_benchmark_reads_seeds_one_way_and_no_abbreviation(script, capsys):
+    """`--seeds` means the same in every script ("3" the first three seeds,
+    "3," seed 3), nothing naming no seed runs, and a prefix such as
+    `--seed` is refused instead of read as `--seeds`."""
+    module = testing.load_script(os.path.join("benchmarks", script))
+    seeds = module._common.seed_list
+    assert seeds("3") == [0, 1, 2] and seeds("3,") == [3] and seeds("0,4") == [0, 4]
+    for bad in ("0", "", ",", "x"):
+        with pytest.raises(Exception, match="names no seed"):
+            seeds(bad)
+    with pytest.raises(SystemExit):
+        module.main(["--seed", "1"])
+    assert "unrecognized arguments: --seed" in capsys.readouterr().err
+
+
 def test_gap_tiny_two_seeds_writes_json_markdown_and_plots(tmp_path, capsys):
     gap = _load_gap()
     # One trained arm and one derived from it keep this to one ResNet50

@@ -90,3 +90,20 @@ def test_gap_fallback_is_detected(monkeypatch):
                         lambda name: None)
     assert gap_seeds.data_fallback(["--full", "--arms", "stock"])
     assert not gap_seeds.data_fallback(["--small"])
+
+
+def test_gap_seeds_runs_each_seed_it_names(monkeypatch):
+    """Each folder holds the seed it is named after: the wrapper once passed
+    `--seed S`, which argparse read as `--seeds S` (the first S seeds), so
+    seed 0 ran nothing and `gap_seed1` held seed 0."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "gpu"))
+    try:
+        import gap_seeds
+    finally:
+        sys.path.pop(0)
+    ran = []
+    monkeypatch.setattr(gap_seeds.gap, "main", lambda argv: ran.append(
+        gap_seeds.gap._parser().parse_args(argv)))
+    assert gap_seeds.main(["--seeds", "0,1", "--out", "/nonexistent", "--", "--tiny"]) == 0
+    assert [args.seeds for args in ran] == [[0], [1]]
+    assert [os.path.basename(args.out) for args in ran] == ["gap_seed0", "gap_seed1"]

@@ -14,7 +14,6 @@ Usage:
     KERAS_BACKEND=jax python benchmarks/gpu/environment.py OUT.json [--require-gpu]
 """
 
-import argparse
 import importlib.metadata
 import importlib.util
 import os
@@ -85,7 +84,7 @@ def backend_settings(backend: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _common.argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("out", help="JSON file to write")
     parser.add_argument("--require-gpu", action="store_true",
                         help="exit 3 when the backend sees no GPU")

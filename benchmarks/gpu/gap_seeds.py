@@ -13,7 +13,6 @@ Usage:
         --out benchmarks/results/gpu -- --small --arms stock,frozenbn
 """
 
-import argparse
 import glob
 import importlib.util
 import json
@@ -42,19 +41,21 @@ def _banner(text: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="0,1")
+    parser = _common.argument_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1", type=_common.seed_list,
+                        help="N (seeds 0..N-1) or a comma-separated list")
     parser.add_argument("--out", default=os.path.join(_common.RESULTS_DIR, "gpu"))
     parser.add_argument("gap_args", nargs="*",
                         help="passed to gap.py (after --)")
     args = parser.parse_args(argv)
     fallback = data_fallback(args.gap_args)
-    for seed in (int(s) for s in args.seeds.split(",") if s):
+    for seed in args.seeds:
         out = os.path.join(args.out, f"gap_seed{seed}")
         if fallback:
             _banner(FALLBACK)
         print(f"== gap.py seed {seed} -> {out}", flush=True)
-        gap.main([*args.gap_args, "--seed", str(seed), "--out", out])
+        # "S," is the list of seed S alone; "S" would be the first S seeds.
+        gap.main([*args.gap_args, "--seeds", f"{seed},", "--out", out])
         for path in glob.glob(os.path.join(out, "gap_*.json")):
             with open(path, encoding="utf-8") as f:
                 payload = json.load(f)
