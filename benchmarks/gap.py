@@ -248,7 +248,7 @@ def _write(payload: dict, stem: str) -> None:
     plots.plot_seeds(runs, stem + ".png", title=_plot_title(payload))
     plots.plot_curves(runs[0], stem + "_curves.png")
     print(summary_table(payload))
-    print("\n".join(_check_lines(payload["checks"])))
+    print("\n".join(check_lines(payload["checks"])))
     print(f"wrote {stem}.json, .md, .png, _curves.png")
 
 
@@ -302,7 +302,7 @@ def seed_table(payload: dict) -> str:
     return _report.format_table(header, rows, markdown=True)
 
 
-def _check_lines(checks_: dict) -> list:
+def check_lines(checks_: dict) -> list:
     return [f"- {name}: {'met' if c['met'] else 'NOT met'} ({c['detail']})"
             for name, c in checks_.items()]
 
@@ -343,7 +343,7 @@ def markdown(payload: dict) -> str:
         "",
         "## Checks (issue 14)",
         "",
-        *_check_lines(payload["checks"]),
+        *check_lines(payload["checks"]),
         "",
         "## Audit of the pretrained backbone on the target",
         "",
@@ -449,7 +449,7 @@ def docs_block(payload: dict, name: str) -> str:
         "",
         summary_table(payload),
         "",
-        *_check_lines(payload["checks"]),
+        *check_lines(payload["checks"]),
     ])
 
 

@@ -20,7 +20,7 @@ def _load():
 
 def test_audit_batch_tiny_writes_json_and_markdown(tmp_path):
     bench = _load()
-    assert bench.main(["--tiny", "--seeds", "0", "--batch-sizes", "1,32",
+    assert bench.main(["--tiny", "--seeds", "0,", "--batch-sizes", "1,32",
                        "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("*.json")
     assert path.name.startswith(f"audit_batch_tiny_{keras.config.backend()}_")

@@ -107,3 +107,21 @@ def test_gap_seeds_runs_each_seed_it_names(monkeypatch):
     assert gap_seeds.main(["--seeds", "0,1", "--out", "/nonexistent", "--", "--tiny"]) == 0
     assert [args.seeds for args in ran] == [[0], [1]]
     assert [os.path.basename(args.out) for args in ran] == ["gap_seed0", "gap_seed1"]
+
+
+def test_docs_show_the_committed_gpu_runs():
+    """docs/benchmarks.md's GPU block is what summary.py makes of the
+    committed folders (rerun `python benchmarks/gpu/summary.py --docs`)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "gpu"))
+    try:
+        import summary
+    finally:
+        sys.path.pop(0)
+    block = summary.docs_block()
+    assert "speed_torch_gpu.json: torch on NVIDIA H100" in block
+    assert "##### gap_seed0/gap_small_jax_gpu.json: seed 0" in block
+    page, marker = summary.DOCS
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        text = f.read()
+    assert summary._common.replace_block(text, marker, block) == text, (
+        "rerun: python benchmarks/gpu/summary.py --docs")

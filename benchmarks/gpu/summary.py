@@ -7,8 +7,12 @@ partial files included), prints a few markdown tables and writes them to
 output, so this is printed last. Any `KERAS_BACKEND` will do (it reads
 files only).
 
+`--docs` rewrites the block of docs/benchmarks.md that shows the
+committed GPU runs (`COMMITTED`) from their files.
+
 Usage:
     python benchmarks/gpu/summary.py RESULTS_DIR
+    python benchmarks/gpu/summary.py --docs
 """
 
 import glob
@@ -18,9 +22,21 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _common  # noqa: E402  (puts the checkout first on sys.path)
+import gap  # noqa: E402
 
 from frozenbn._report import fmt  # noqa: E402
 from frozenbn._report import format_table  # noqa: E402
+
+
+COMMITTED = (
+    os.path.join("benchmarks", "results", "gpu", "2026-11-27", "call1"),
+    os.path.join("benchmarks", "results", "gpu", "2026-11-27", "call2"),
+)
+"""The committed GPU runs (one folder per device call), in the order the
+docs show them."""
+
+DOCS = ("docs/benchmarks.md", "gpu-results")
+"""The page and marker of the block `--docs` rewrites."""
 
 
 def _load(path: str) -> dict:
@@ -48,6 +64,11 @@ def speed(path: str) -> list:
     lines = [f"### {os.path.basename(path)}: {env['backend']} on "
              f"{env['device']}{'' if r.get('complete') else ' (PARTIAL)'}",
              ""]
+    exact, fused = r.get("exactness", {}), r.get("fused_exactness", {})
+    if exact or fused:
+        lines += [f"Exactness (max abs difference / max abs output): frozenbn "
+                  f"vs stock Keras BN {fmt(exact.get('model_max_rel_diff'))}; "
+                  f"fused vs unfused {fmt(fused.get('max_rel_diff'))}.", ""]
     memory = r.get("memory", {}).get("arms", {})
     rows = []
     for name, arm in train.get("arms", {}).items():
@@ -94,19 +115,14 @@ def recalibrate(path: str) -> list:
             f" s per call over {r['config']['images']} images", ""]
 
 
-def gap(path: str) -> list:
+def gap_result(path: str) -> list:
+    """A gap result's per-arm table and checks, as `gap.py` writes them."""
     r = _load(path)
+    seeds = [run["config"]["seed"] for run in r["runs"]]
     lines = [f"### {os.path.relpath(path, os.path.dirname(os.path.dirname(path)))}"
-             f": seed {r.get('seed')}", ""]
+             f": seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}", ""]
     lines += [f"**WARNING: {w}**" for w in r.get("warnings", [])]
-    rows = [[a["name"], fmt(a["ratio"]), fmt(a["fit_accuracy"]),
-             fmt(a["heldout_accuracy"]), fmt(a["seconds_per_epoch"])]
-            for a in r.get("arms", [])]
-    lines += _table(["arm", "eval/fit", "fit acc", "held-out acc", "s/epoch"],
-                    rows)
-    lines += [f"- {name}: {'met' if c['met'] else 'NOT met'} ({c['detail']})"
-              for name, c in r.get("targets", {}).items()]
-    return lines + [""]
+    return lines + [gap.summary_table(r), "", *gap.check_lines(r["checks"]), ""]
 
 
 def warnings(folder: str) -> list:
@@ -121,7 +137,7 @@ def summary(folder: str) -> str:
     lines = ["## GPU run summary", ""] + parts(folder) + warnings(folder)
     for pattern, reader in (("speed_*.json", speed),
                             ("recalibrate_*.json", recalibrate),
-                            (os.path.join("gap_seed*", "gap_*.json"), gap)):
+                            (os.path.join("gap_seed*", "gap_*.json"), gap_result)):
         for path in sorted(glob.glob(os.path.join(folder, pattern))):
             try:
                 lines += reader(path)
@@ -130,8 +146,62 @@ def summary(folder: str) -> str:
     return "\n".join(lines)
 
 
+def _speed_median(folder: str, backend: str, section: str, arm: str):
+    path = os.path.join(folder, f"speed_{backend}_gpu.json")
+    if not os.path.exists(path):
+        return None
+    return _load(path).get(section, {}).get("arms", {}).get(arm, {}).get("median")
+
+
+def docs_block(root: str = _common.ROOT) -> str:
+    """The committed GPU runs as the docs show them: each folder's summary
+    under its own heading, then Keras on JAX against the torchvision peer."""
+    lines = []
+    medians = {}
+    for folder in COMMITTED:
+        path = os.path.join(root, folder)
+        env = _load(sorted(glob.glob(os.path.join(path, "environment_*.json")))[0])
+        lines += [f"#### `{folder}`: {env['device']}", ""]
+        body = summary(path).split("\n")[2:]
+        lines += [line.replace("### ", "##### ", 1) if line.startswith("### ")
+                  else line for line in body] + [""]
+        for backend, section, arm in (("jax", "train", "frozenbn"),
+                                      ("jax", "train", "stock"),
+                                      ("torch", "torchvision_peer", "torchvision_frozen_bn2d"),
+                                      ("torch", "torchvision_peer", "torchvision_bn")):
+            value = _speed_median(path, backend, section, arm)
+            if value is not None:
+                medians[(backend, arm)] = value
+    pairs = ((("jax", "frozenbn"), ("torch", "torchvision_frozen_bn2d")),
+             (("jax", "stock"), ("torch", "torchvision_bn")))
+    rows = [[f"Keras on JAX, {a[1]}", f"{medians[a]:.1f}", f"torchvision, {b[1]}",
+             f"{medians[b]:.1f}", fmt(medians[a] / medians[b])]
+            for a, b in pairs if a in medians and b in medians]
+    if rows:
+        lines += ["#### Keras on JAX against torchvision (training images/s; "
+                  "two device calls, two machines of the same kind)", ""]
+        lines += _table(["Keras arm", "images/s", "torchvision arm", "images/s",
+                         "ratio"], rows)
+    return "\n".join(lines).rstrip("\n")
+
+
+def update_docs(root: str = _common.ROOT) -> bool:
+    """Rewrites the docs block from the committed runs; True if it changed."""
+    path = os.path.join(root, DOCS[0])
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    new = _common.replace_block(text, DOCS[1], docs_block(root))
+    if new != text:
+        _common.write_text(new, path)
+    return new != text
+
+
 def main(argv=None) -> int:
-    folder = (argv or sys.argv[1:])[0]
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--docs"]:
+        print(f"{DOCS[0]}: {'rewritten' if update_docs() else 'unchanged'}")
+        return 0
+    folder = argv[0]
     text = summary(folder)
     _common.write_text(text, os.path.join(folder, "summary.md"))
     print(text)
