@@ -16,7 +16,8 @@ versions produced them, and how they are written.
   results JSON (with the environment) and its markdown, under `out`.
 - `argument_parser(description)`: a script's parser, with no abbreviated
   options (a prefix of one option must not silently mean it);
-  `seed_list(text)`: its `--seeds` type, one meaning in every script.
+  `add_seeds_argument(parser, default)` and `seed_list(text)`: its
+  `--seeds`, one meaning in every script.
 - `replace_block(text, marker, block)`: a docs page with its generated
   block `<!-- MARKER:begin -->...<!-- MARKER:end -->` replaced.
 
@@ -39,7 +40,7 @@ from frozenbn._report import write_json  # noqa: E402
 
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 
-__all__ = ["RESULTS_DIR", "ROOT", "argument_parser", "environment", "environment_line",
+__all__ = ["RESULTS_DIR", "ROOT", "add_seeds_argument", "argument_parser", "environment", "environment_line",
            "replace_block", "result_stem", "seed_list", "write_json", "write_result",
            "write_text"]
 
@@ -53,6 +54,13 @@ def argument_parser(description: str, **kwargs) -> argparse.ArgumentParser:
     """
     return argparse.ArgumentParser(description=description, allow_abbrev=False,
                                    **kwargs)
+
+
+def add_seeds_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """Adds `--seeds` (read by `seed_list`) to a benchmark's parser."""
+    parser.add_argument("--seeds", default=default, type=seed_list,
+                        help=f"N (seeds 0..N-1) or a comma-separated list; "
+                        f"one seed S alone is 'S,' (default {default})")
 
 
 def seed_list(text: str) -> list:

@@ -122,8 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _common.argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", dest="config", action="store_const",
                         const="tiny", default="small")
-    parser.add_argument("--seeds", default="0,1,2,3,4", type=_common.seed_list,
-                        help="N (seeds 0..N-1) or a comma-separated list")
+    _common.add_seeds_argument(parser, "0,1,2,3,4")
     parser.add_argument("--batch-sizes", default="4,8,16,32")
     parser.add_argument("--render", metavar="JSON", default=None,
                         help="only rewrite the .md of a results .json")

@@ -193,8 +193,7 @@ def checks(runs: Sequence[results_lib.ScenarioResult]) -> dict:
             not any(a.constant for a in arms),
             _values([a.heldout_prediction_std for a in arms], "{:.2f}")
             + " (std of held-out predictions)")
-    picks = [arms_lib.audit_pick(run.audit, run.config["batch_size"])
-             for run in runs]
+    picks = [run.audit_pick for run in runs]
     if all(arm in ran for _, arm in picks):
         below = [run.best_arm.heldout_accuracy - run.arm(arm).heldout_accuracy
                  for run, (_, arm) in zip(runs, picks)]
@@ -352,7 +351,7 @@ def markdown(payload: dict) -> str:
         "",
         *(f"- seed {run.config['seed']}: {run.audit.get('recommendation')} "
           f"(today's rule: "
-          f"{arms_lib.audit_pick(run.audit, run.config['batch_size'])[0]})"
+          f"{run.audit_pick[0]})"
           for run in results),
         "",
         "## Every seed",
@@ -412,8 +411,7 @@ def audit_picks_block(results_dir: str) -> str:
         with open(os.path.join(results_dir, name), encoding="utf-8") as f:
             runs = _runs(json.load(f))
         for run in runs:
-            remedy, arm = arms_lib.audit_pick(run.audit,
-                                              run.config["batch_size"])
+            remedy, arm = run.audit_pick
             if arm in run.names:
                 rows.append((run.config["batch_size"], run.config["seed"],
                              stem, run.audit["max_score"], remedy,
@@ -483,9 +481,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated arms (default: "
                         + ",".join(arms_lib.GAP_ARMS) + "; all: "
                         + ",".join(arms_lib.ARMS) + ")")
-    parser.add_argument("--seeds", default="5", type=_common.seed_list,
-                        help="N (seeds 0..N-1) or a comma-separated list; "
-                        "one seed S alone is 'S,' (default 5)")
+    _common.add_seeds_argument(parser, "5")
     parser.add_argument("--epochs", type=int, default=None,
                         help="override the maximum number of epochs")
     parser.add_argument("--frozen-lr", type=float, default=None,

@@ -128,8 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _common.argument_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", dest="config", action="store_const",
                         const="tiny", default="small")
-    parser.add_argument("--seeds", default="0,1", type=_common.seed_list,
-                        help="N (seeds 0..N-1) or a comma-separated list")
+    _common.add_seeds_argument(parser, "0,1")
     parser.add_argument("--lrs", default="1e-4,1e-5")
     parser.add_argument("--out", default=_common.RESULTS_DIR)
     args = parser.parse_args(argv)

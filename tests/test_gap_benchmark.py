@@ -8,7 +8,6 @@ import pytest
 
 from frozenbn._advice import DRIFT_SCORE
 from frozenbn._advice import SMALL_BATCH
-from frozenbn.demo import arms
 from tests import testing
 
 REPO = testing.REPO
@@ -97,10 +96,6 @@ def _committed_runs(gap, name):
     return payload, gap._runs(payload)
 
 
-def _pick(run):
-    return arms.audit_pick(run.audit, run.config["batch_size"])
-
-
 def test_audit_pick_reads_the_recorded_score_with_todays_rule():
     """Every committed run's audit of the pretrained backbone: above the
     drift threshold or under the small-batch size the rule says freeze (the
@@ -112,13 +107,13 @@ def test_audit_pick_reads_the_recorded_score_with_todays_rule():
         for run in runs:
             frozen = (run.audit["max_score"] > DRIFT_SCORE
                       or run.config["batch_size"] < SMALL_BATCH)
-            assert _pick(run) == (("freeze", "frozenbn") if frozen else
+            assert run.audit_pick == (("freeze", "frozenbn") if frozen else
                                   ("recalibrate", "stock_recalibrated"))
     # The batch-32 runs score below the threshold, the batch-4 run above.
     _, runs = _committed_runs(gap, "gap_small_tensorflow_cpu.json")
-    assert {_pick(run)[0] for run in runs} == {"recalibrate"}
+    assert {run.audit_pick[0] for run in runs} == {"recalibrate"}
     payload, runs = _committed_runs(gap, "gap_small_batch4_tensorflow_cpu.json")
-    assert {_pick(run)[0] for run in runs} == {"freeze"}
+    assert {run.audit_pick[0] for run in runs} == {"freeze"}
     (check,) = [c for name, c in gap.checks(runs).items()
                 if name.startswith("audit's remedy")]
     assert check["met"] and check["detail"].startswith("freeze 0.023, ")

@@ -42,8 +42,7 @@ def _banner(text: str) -> None:
 
 def main(argv=None) -> int:
     parser = _common.argument_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="0,1", type=_common.seed_list,
-                        help="N (seeds 0..N-1) or a comma-separated list")
+    _common.add_seeds_argument(parser, "0,1")
     parser.add_argument("--out", default=os.path.join(_common.RESULTS_DIR, "gpu"))
     parser.add_argument("gap_args", nargs="*",
                         help="passed to gap.py (after --)")

@@ -146,18 +146,18 @@ def summary(folder: str) -> str:
     return "\n".join(lines)
 
 
-def _speed_median(folder: str, backend: str, section: str, arm: str):
-    path = os.path.join(folder, f"speed_{backend}_gpu.json")
-    if not os.path.exists(path):
-        return None
-    return _load(path).get(section, {}).get("arms", {}).get(arm, {}).get("median")
+PEERS = (
+    (("jax", "train", "frozenbn"), ("torch", "torchvision_peer", "torchvision_frozen_bn2d")),
+    (("jax", "train", "stock"), ("torch", "torchvision_peer", "torchvision_bn")),
+)
+"""Keras-on-JAX arm against torchvision peer, as (backend, section, arm)."""
 
 
 def docs_block(root: str = _common.ROOT) -> str:
     """The committed GPU runs as the docs show them: each folder's summary
     under its own heading, then Keras on JAX against the torchvision peer."""
     lines = []
-    medians = {}
+    speed_runs = {}  # backend -> its speed JSON, from whichever folder has it
     for folder in COMMITTED:
         path = os.path.join(root, folder)
         env = _load(sorted(glob.glob(os.path.join(path, "environment_*.json")))[0])
@@ -165,18 +165,21 @@ def docs_block(root: str = _common.ROOT) -> str:
         body = summary(path).split("\n")[2:]
         lines += [line.replace("### ", "##### ", 1) if line.startswith("### ")
                   else line for line in body] + [""]
-        for backend, section, arm in (("jax", "train", "frozenbn"),
-                                      ("jax", "train", "stock"),
-                                      ("torch", "torchvision_peer", "torchvision_frozen_bn2d"),
-                                      ("torch", "torchvision_peer", "torchvision_bn")):
-            value = _speed_median(path, backend, section, arm)
-            if value is not None:
-                medians[(backend, arm)] = value
-    pairs = ((("jax", "frozenbn"), ("torch", "torchvision_frozen_bn2d")),
-             (("jax", "stock"), ("torch", "torchvision_bn")))
-    rows = [[f"Keras on JAX, {a[1]}", f"{medians[a]:.1f}", f"torchvision, {b[1]}",
-             f"{medians[b]:.1f}", fmt(medians[a] / medians[b])]
-            for a, b in pairs if a in medians and b in medians]
+        for backend in ("jax", "torch"):
+            speed_path = os.path.join(path, f"speed_{backend}_gpu.json")
+            if os.path.exists(speed_path):
+                speed_runs[backend] = _load(speed_path)
+
+    def median(backend, section, arm):
+        return (speed_runs.get(backend, {}).get(section, {}).get("arms", {})
+                .get(arm, {}).get("median"))
+
+    rows = []
+    for keras_arm, peer in PEERS:
+        a, b = median(*keras_arm), median(*peer)
+        if a is not None and b is not None:
+            rows.append([f"Keras on JAX, {keras_arm[2]}", f"{a:.1f}",
+                         f"torchvision, {peer[2]}", f"{b:.1f}", fmt(a / b)])
     if rows:
         lines += ["#### Keras on JAX against torchvision (training images/s; "
                   "two device calls, two machines of the same kind)", ""]

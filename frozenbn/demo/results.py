@@ -116,6 +116,12 @@ class ScenarioResult:
         return max(self.arms, key=lambda arm: arm.heldout_accuracy)
 
     @property
+    def audit_pick(self) -> tuple:
+        """`(remedy, arm name)`: what today's `audit` rule gives for this
+        run's recorded drift score at its batch size (`arms.audit_pick`)."""
+        return arms_lib.audit_pick(self.audit, self.config["batch_size"])
+
+    @property
     def names(self) -> list:
         """Names of the arms, in run order."""
         return [result.name for result in self.arms]
@@ -189,8 +195,7 @@ def verdict(result: ScenarioResult) -> str:
 
 def _audit_verdict(result: ScenarioResult) -> str:
     """How the arm of the remedy `audit` recommended did, against the best."""
-    remedy, name = arms_lib.audit_pick(result.audit,
-                                       result.config["batch_size"])
+    remedy, name = result.audit_pick
     line = f"- audit of the pretrained backbone said {remedy}"
     if name not in result.names:
         return line + f" (arm {name!r} did not run)."
