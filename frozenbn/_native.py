@@ -15,7 +15,7 @@ stay bit-exact; only the backward pass changes, within float32 rounding.
   kernel)`) is the same fused kernel.
 
 `frozen_batch_norm` has a native path on the backends in
-`NATIVE_BACKENDS`; callers check `keras.config.backend()` before using it.
+`NATIVE_BACKENDS`; callers check `records_gradients()` before using it.
 """
 
 import functools
@@ -23,6 +23,21 @@ import functools
 import keras
 
 NATIVE_BACKENDS = ("tensorflow", "torch")
+
+
+def records_gradients() -> bool:
+    """Whether a native backward may be needed for the next op.
+
+    False on backends without one (JAX) and on torch while autograd is off
+    (`torch.no_grad()`, as in Keras's `predict` and `evaluate`). On
+    TensorFlow always True: a traced graph may be differentiated later.
+    """
+    backend = keras.config.backend()
+    if backend == "torch":
+        import torch  # noqa: PLC0415 (torch backend only)
+
+        return torch.is_grad_enabled()
+    return backend in NATIVE_BACKENDS
 
 
 def frozen_batch_norm(x, gamma, beta, mean, variance, axis, epsilon, layout):

@@ -229,11 +229,14 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
         viewed as `(-1, C)` and 4D channels-first inputs taken as they are
         (TensorFlow transposes them).
         It pays off only when gamma or beta is trained: otherwise autodiff
-        computes the gradient of `inputs` alone, which is less work.
+        computes the gradient of `inputs` alone, which is less work. On
+        torch it also needs autograd to be recording: `predict` and
+        `evaluate` run under `torch.no_grad()`, where the plain op is the same
+        forward without the `autograd.Function`'s overhead.
         """
         if not self._use_fused_gradient or self.renorm:
             return None
-        if keras.config.backend() not in _native.NATIVE_BACKENDS:
+        if not _native.records_gradients():
             return None
         if not (self.trainable and (self.scale or self.center)):
             return None

@@ -259,6 +259,41 @@ def test_torch_native_backward_passes_the_saved_statistics_cuda_asserts(monkeypa
     np.testing.assert_allclose(save_invstd, 1 / np.sqrt(var + eps), rtol=1e-6)
 
 
+def test_torch_inference_without_autograd_takes_the_plain_op(monkeypatch):
+    """Under `torch.no_grad()` (Keras's `predict` and `evaluate` on torch)
+    a frozen layer computes the plain op, not the `autograd.Function` of the
+    native backward, which only costs time there (measured 0.95x stock's
+    inference on an H100); with autograd on it takes the native path. The
+    outputs are the same bit for bit."""
+    if keras.config.backend() != "torch":
+        pytest.skip("torch's autograd switch only")
+    import torch
+
+    from frozenbn import _native
+
+    native = _native.frozen_batch_norm
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return native(*args, **kwargs)
+
+    monkeypatch.setattr(_native, "frozen_batch_norm", counting)
+    bn = frozenbn.BatchNormalization(frozen=True)
+    bn.build((4, 3, 3, 5))
+    testing.randomize_batch_norm(bn)
+    x = _inputs((4, 3, 3, 5))
+    with torch.no_grad():
+        plain = testing.to_numpy(bn(x, training=True))
+    assert calls == []
+    recorded = testing.to_numpy(bn(x, training=True))
+    assert calls == [True]
+    assert np.array_equal(plain, recorded)
+    model = keras.Sequential([keras.Input((3, 3, 5)), bn])
+    assert np.array_equal(model.predict(x, verbose=0), recorded)
+    assert calls == [True]
+
+
 def test_trainable_true_on_backbone_does_not_unfreeze():
     backbone = keras.Sequential(
         [keras.Input((4,)), frozenbn.BatchNormalization(frozen=True)]
