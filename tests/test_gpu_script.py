@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu", "run.sh")
 PARTS = ["speed_jax", "recalibrate_jax", "speed_torch", "gap"]
@@ -125,3 +127,20 @@ def test_docs_show_the_committed_gpu_runs():
         text = f.read()
     assert summary._common.replace_block(text, marker, block) == text, (
         "rerun: python benchmarks/gpu/summary.py --docs")
+
+
+@pytest.mark.parametrize("argv", [[], ["--docs", "folder"], ["--doc"]])
+def test_summary_takes_a_folder_or_docs(argv, capsys):
+    """summary.py refuses a call that names neither a results folder nor
+    `--docs`, or both, and an abbreviated option, with argparse's usage
+    error instead of a traceback or a folder named `--doc`."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "gpu"))
+    try:
+        import summary
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(SystemExit) as exit_info:
+        summary.main(argv)
+    assert exit_info.value.code == 2
+    assert "usage: " in capsys.readouterr().err
+

@@ -200,13 +200,20 @@ def update_docs(root: str = _common.ROOT) -> bool:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--docs"]:
+    parser = _common.argument_parser(__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?",
+                        help="a results folder of benchmarks/gpu/run.sh")
+    parser.add_argument("--docs", action="store_true",
+                        help=f"rewrite the GPU block of {DOCS[0]} from the "
+                        "committed runs")
+    args = parser.parse_args(argv)
+    if args.docs == (args.folder is not None):
+        parser.error("give a results folder or --docs, not both")
+    if args.docs:
         print(f"{DOCS[0]}: {'rewritten' if update_docs() else 'unchanged'}")
         return 0
-    folder = argv[0]
-    text = summary(folder)
-    _common.write_text(text, os.path.join(folder, "summary.md"))
+    text = summary(args.folder)
+    _common.write_text(text, os.path.join(args.folder, "summary.md"))
     print(text)
     return 0
 
