@@ -119,6 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             config.epochs = args.epochs
         if args.frozen_lr:
             config.frozen_learning_rate = args.frozen_lr
+        if args.frozen_warmup:
+            config.frozen_warmup_epochs = args.frozen_warmup
         if args.batch_size:
             # Only fine-tuning (and its evaluation and audit) change: the
             # backbone is pretrained as in the configuration.
@@ -487,6 +489,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--frozen-lr", type=float, default=None,
                         help="override the Adam learning rate of the arms "
                         "that train with fixed statistics (default 1e-5)")
+    parser.add_argument("--frozen-warmup", type=int, default=None,
+                        metavar="EPOCHS",
+                        help="raise that rate linearly from 0 over the first "
+                        "EPOCHS epochs (default: no warm-up)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="override the batch size of fine-tuning, "
                         "evaluation and the audit (pretraining keeps the "

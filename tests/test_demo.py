@@ -112,6 +112,25 @@ def test_load_image_folder_errors(tmp_path):
         demo_images.load_image_folder(str(tmp_path))
 
 
+def test_frozen_warmup_raises_the_rate_linearly_then_holds_it():
+    """`frozen_warmup_epochs` compiles Adam with a rate that rises from 0 to
+    the arm's over the warm-up steps and stays there; without it the rate
+    is the constant one."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
+    scenario._compile(model, 1e-4, warmup_steps=4)
+    rates = []
+    for _ in range(6):
+        rates.append(float(keras.ops.convert_to_numpy(
+            model.optimizer.learning_rate)))
+        model.train_on_batch(x, y)
+    np.testing.assert_allclose(rates, [0, 2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4],
+                               rtol=1e-6, atol=1e-12)
+    scenario._compile(model, 1e-4)
+    assert float(keras.ops.convert_to_numpy(
+        model.optimizer.learning_rate)) == pytest.approx(1e-4)
+
+
 def test_unknown_and_misordered_arms():
     with pytest.raises(ValueError, match="Unknown arm"):
         scenario.run_scenario(None, arms=("nope",))

@@ -20,6 +20,7 @@ fine-tuned weights. Frozen statistics (`frozenbn.convert`, after
 """
 
 import dataclasses
+import math
 import os
 import tempfile
 import time
@@ -64,6 +65,9 @@ class ScenarioConfig:
             backbone with fixed statistics. Defaults to 1e-5, the rate of
             Keras's transfer-learning guide: at 1e-4 the head's ReLU units
             die in the first epochs on some seeds (docs/benchmarks.md).
+        frozen_warmup_epochs: Epochs over which the Adam rate of the arms
+            with fixed statistics rises linearly from 0 to
+            `frozen_learning_rate` (a warm-up); 0 (the default): none.
         patience: `EarlyStopping` patience on the training loss.
         seed: Seed of everything (weights, shuffling, oversampling).
         max_source: Optional cap on source train images.
@@ -85,6 +89,7 @@ class ScenarioConfig:
     pretrain_batch_size: Optional[int] = None
     learning_rate: float = 1e-3
     frozen_learning_rate: float = 1e-5
+    frozen_warmup_epochs: int = 0
     patience: int = 3
     seed: int = 0
     max_source: Optional[int] = None
@@ -277,7 +282,8 @@ def _train_arm(arm, backbone, pretrained, target, config, workdir, verbose):
         # the backbone trainable again.
         arm_backbone.trainable = True
     lr = config.frozen_learning_rate if arm.frozen_lr else config.learning_rate
-    _compile(model, lr)
+    warmup = config.frozen_warmup_epochs if arm.frozen_lr else 0
+    _compile(model, lr, warmup * math.ceil(len(x) / config.batch_size))
     # The best epoch's weights are checkpointed and loaded back into the
     # same model, whose evaluate function is then already traced (a reloaded
     # `.keras` model traces its functions again).
@@ -304,8 +310,15 @@ def _train_arm(arm, backbone, pretrained, target, config, workdir, verbose):
                     config), model
 
 
-def _compile(model, learning_rate):
-    model.compile(keras.optimizers.Adam(learning_rate), "binary_crossentropy",
+def _compile(model, learning_rate, warmup_steps=0):
+    rate = learning_rate
+    if warmup_steps:
+        # Linear from 0 to `learning_rate` over `warmup_steps`, then constant
+        # (a cosine "decay" to alpha=1 times the target).
+        rate = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=1, alpha=1.0, warmup_target=learning_rate,
+            warmup_steps=warmup_steps)
+    model.compile(keras.optimizers.Adam(rate), "binary_crossentropy",
                   metrics=["accuracy"])
 
 
