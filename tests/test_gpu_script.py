@@ -3,9 +3,10 @@
 import os
 import re
 import subprocess
-import sys
 
 import pytest
+
+from tests import testing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu", "run.sh")
@@ -81,12 +82,13 @@ def test_download_plan_bundles_keras_and_scikit_image():
     assert all("==" in w for w in wanted)
 
 
+def _gpu_script(name):
+    """A script of benchmarks/gpu/, imported as a module."""
+    return testing.load_script(os.path.join("benchmarks", "gpu", name))
+
+
 def test_gap_fallback_is_detected(monkeypatch):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "gpu"))
-    try:
-        import gap_seeds
-    finally:
-        sys.path.pop(0)
+    gap_seeds = _gpu_script("gap_seeds.py")
     assert not gap_seeds.data_fallback(["--small"])
     monkeypatch.setattr(gap_seeds.importlib.util, "find_spec",
                         lambda name: None)
@@ -98,11 +100,7 @@ def test_gap_seeds_runs_each_seed_it_names(monkeypatch):
     """Each folder holds the seed it is named after: the wrapper once passed
     `--seed S`, which argparse read as `--seeds S` (the first S seeds), so
     seed 0 ran nothing and `gap_seed1` held seed 0."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "gpu"))
-    try:
-        import gap_seeds
-    finally:
-        sys.path.pop(0)
+    gap_seeds = _gpu_script("gap_seeds.py")
     ran = []
     monkeypatch.setattr(gap_seeds.gap, "main", lambda argv: ran.append(
         gap_seeds.gap._parser().parse_args(argv)))
@@ -114,11 +112,7 @@ def test_gap_seeds_runs_each_seed_it_names(monkeypatch):
 def test_docs_show_the_committed_gpu_runs():
     """docs/benchmarks.md's GPU block is what summary.py makes of the
     committed folders (rerun `python benchmarks/gpu/summary.py --docs`)."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "gpu"))
-    try:
-        import summary
-    finally:
-        sys.path.pop(0)
+    summary = _gpu_script("summary.py")
     block = summary.docs_block()
     assert "speed_torch_gpu.json: torch on NVIDIA H100" in block
     assert "##### gap_seed0/gap_small_jax_gpu.json: seed 0" in block
@@ -134,13 +128,8 @@ def test_summary_takes_a_folder_or_docs(argv, capsys):
     """summary.py refuses a call that names neither a results folder nor
     `--docs`, or both, and an abbreviated option, with argparse's usage
     error instead of a traceback or a folder named `--doc`."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "gpu"))
-    try:
-        import summary
-    finally:
-        sys.path.pop(0)
+    summary = _gpu_script("summary.py")
     with pytest.raises(SystemExit) as exit_info:
         summary.main(argv)
     assert exit_info.value.code == 2
     assert "usage: " in capsys.readouterr().err
-
