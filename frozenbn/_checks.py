@@ -26,30 +26,30 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def check_positive_int(
-    name: str, value: Any, allow_none: bool = False
+def check_int(
+    name: str, value: Any, minimum: int = 1, allow_none: bool = False
 ) -> Optional[int]:
-    """Returns `value` as an int if it is a positive integer (or allowed None).
+    """Returns `value` as an int if it is an int >= `minimum` (or allowed None).
+
+    A non-int is a `TypeError`, an int below `minimum` a `ValueError`.
 
     Example:
 
-    >>> check_positive_int("steps", None, allow_none=True) is None
+    >>> check_int("steps", None, allow_none=True) is None
     True
-    >>> check_positive_int("batch_size", 32)
+    >>> check_int("batch_size", 32)
     32
     """
     if value is None and allow_none:
         return None
+    rule = "a positive int" if minimum == 1 else f"an int >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(
-            f"`{name}` must be a positive int"
-            + (" or None" if allow_none else "")
+            f"`{name}` must be {rule}" + (" or None" if allow_none else "")
             + f". Received: {name}={value!r}"
         )
-    if value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive int. Received: {name}={value}"
-        )
+    if value < minimum:
+        raise ValueError(f"`{name}` must be {rule}. Received: {name}={value}")
     return int(value)
 
 

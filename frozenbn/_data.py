@@ -80,8 +80,8 @@ def iter_xy(
     >>> x.shape, y.shape, w
     ((4, 2), (4,), None)
     """
-    steps = _checks.check_positive_int("steps", steps, allow_none=True)
-    batch_size = _checks.check_positive_int("batch_size", batch_size)
+    steps = _checks.check_int("steps", steps, allow_none=True)
+    batch_size = _checks.check_int("batch_size", batch_size)
     source = _source(data, steps, batch_size)
     taken = 0
     for batch in source:
@@ -121,8 +121,8 @@ def count_steps(
     >>> count_steps(np.zeros((70, 3)), steps=2)
     2
     """
-    steps = _checks.check_positive_int("steps", steps, allow_none=True)
-    batch_size = _checks.check_positive_int("batch_size", batch_size)
+    steps = _checks.check_int("steps", steps, allow_none=True)
+    batch_size = _checks.check_int("batch_size", batch_size)
     known = None
     if _is_array_structure(data):
         n = _num_samples(data)

@@ -66,11 +66,7 @@ class FreezeBatchNorm(keras.callbacks.Callback):
         include: Optional[Callable[[keras.layers.Layer], bool]] = None,
     ):
         super().__init__()
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(
-                "`epoch` must be an int >= 0 (0-based). Received: "
-                f"epoch={epoch!r}"
-            )
+        _checks.check_int("epoch", epoch, minimum=0)
         if include is not None and not callable(include):
             raise TypeError(
                 "`include` must be a callable include(layer) -> bool or "
@@ -164,17 +160,9 @@ class PreciseBN(keras.callbacks.Callback):
             raise TypeError(
                 "`data` is None. Pass the data to compute BN statistics on."
             )
-        if (
-            isinstance(every_n_epochs, bool)
-            or not isinstance(every_n_epochs, int)
-            or every_n_epochs < 1
-        ):
-            raise ValueError(
-                "`every_n_epochs` must be a positive int. Received: "
-                f"every_n_epochs={every_n_epochs!r}"
-            )
-        _checks.check_positive_int("steps", steps, allow_none=True)
-        _checks.check_positive_int("batch_size", batch_size)
+        _checks.check_int("every_n_epochs", every_n_epochs)
+        _checks.check_int("steps", steps, allow_none=True)
+        _checks.check_int("batch_size", batch_size)
         self.data = data
         self.steps = steps
         self.every_n_epochs = every_n_epochs

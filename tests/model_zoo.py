@@ -12,7 +12,11 @@ The lists are derived from the installed packages, not written by hand:
 
 Each entry builds a small instance offline (random weights, small images,
 small configs) so the sweep in `tests/test_model_sweep.py` can run every
-tool on every model in CI. keras-hub backbones take architecture arguments
+tool on every model. One representative per code path runs on every
+push (`ZooModel.full` is False): per `keras.applications` module its
+smallest builder, per keras-hub backbone class its smallest
+configuration, per keras-hub task kind (classifier, segmenter, detector)
+one task. The rest form the `full` tier (`pytest --full`). keras-hub backbones take architecture arguments
 without defaults; `TINY_BACKBONE_KWARGS` holds a small configuration per
 class. A new BN-bearing backbone without one fails
 `test_every_discovered_model_can_be_built` with a message saying what to
@@ -41,7 +45,8 @@ class ZooModel:
     build: Callable[[], keras.Model]
     image_size: int
     family: str  # "applications", "hub_backbone" or "hub_task"
-    slow: bool = False
+    full: bool = False  # in the `full` tier only; else a representative
+    group: str = ""  # the code path it represents: module, class or kind
 
     def __repr__(self) -> str:
         return self.id
@@ -71,9 +76,10 @@ def keras_applications() -> List[ZooModel]:
     """Every `keras.applications` model that contains BatchNormalization.
 
     The first builder defined in each `keras.applications` module (the
-    smallest of its family: ResNet50, DenseNet121, EfficientNetB0, ...) is
-    in the fast tier; the module's other builders run the same code at
-    other depths and widths and form the `slow` tier.
+    smallest of its family: ResNet50, DenseNet121, EfficientNetB0, ...;
+    `test_representatives_are_the_smallest` checks it) represents the
+    module; its other builders run the same code at other depths and
+    widths and form the `full` tier.
     """
     models, seen_modules = [], set()
     builders = []
@@ -102,7 +108,8 @@ def keras_applications() -> List[ZooModel]:
                 build=build,
                 image_size=side,
                 family="applications",
-                slow=module_name in seen_modules,
+                full=module_name in seen_modules,
+                group=module_name.rsplit(".", 1)[-1],
             )
         )
         seen_modules.add(module_name)
@@ -389,10 +396,10 @@ def _package_uses_batch_norm(cls) -> bool:
 
 def discovered_hub_backbones() -> list:
     """Names of the keras-hub backbone classes whose package uses BN."""
-    try:
-        import keras_hub
-    except ImportError:
-        return []
+    # keras-hub is in the test extra: without it the sweep would lose half
+    # its models silently, so its absence is an error here.
+    import keras_hub
+
     return sorted(
         name
         for name in dir(keras_hub.models)
@@ -403,7 +410,11 @@ def discovered_hub_backbones() -> list:
 
 
 def keras_hub_backbones() -> List[ZooModel]:
-    """A small instance of every BN-bearing keras-hub backbone (variants)."""
+    """A small instance of every BN-bearing keras-hub backbone (variants).
+
+    The first configuration of each class (its smallest, which
+    `test_representatives_are_the_smallest` checks) represents the class.
+    """
     models = []
     for name in discovered_hub_backbones():
         for index, kwargs in enumerate(TINY_BACKBONE_KWARGS.get(name, [])):
@@ -413,17 +424,16 @@ def keras_hub_backbones() -> List[ZooModel]:
 
             suffix = f"-{index}" if index else ""
             models.append(
-                ZooModel(f"{name}{suffix}", build, _HUB_IMAGE_SIZE, "hub_backbone")
+                ZooModel(f"{name}{suffix}", build, _HUB_IMAGE_SIZE,
+                         "hub_backbone", full=index > 0, group=name)
             )
     return models
 
 
 def discovered_hub_tasks() -> list:
     """Names of the keras-hub image tasks built on a BN-bearing backbone."""
-    try:
-        import keras_hub
-    except ImportError:
-        return []
+    import keras_hub
+
     backbones = set(discovered_hub_backbones())
     names = []
     for name in dir(keras_hub.models):
@@ -455,14 +465,34 @@ def build_hub_task(name: str, image_size: int = _HUB_IMAGE_SIZE):
     return cls(**kwargs)
 
 
+def task_kind(name: str) -> str:
+    """The kind of keras-hub task `name` is, from its classes: the
+    `keras_hub.models` class right below `Task` in its MRO
+    (`ImageClassifier`, `ImageSegmenter`, `ObjectDetector`, ...)."""
+    import keras_hub
+
+    mro = _hub_class(name).__mro__
+    index = mro.index(keras_hub.models.Task)
+    return mro[index - 1].__name__ if index > 0 else name
+
+
 def keras_hub_tasks() -> List[ZooModel]:
-    """A small instance of every keras-hub image task on a BN backbone."""
-    return [
-        ZooModel(name, lambda name=name: build_hub_task(name), _HUB_IMAGE_SIZE,
-                 "hub_task")
-        for name in discovered_hub_tasks()
-        if cls_has_tiny_backbone(name)
-    ]
+    """A small instance of every keras-hub image task on a BN backbone.
+
+    The first task of each kind, by name, represents the kind.
+    """
+    models, kinds = [], set()
+    for name in discovered_hub_tasks():
+        if not cls_has_tiny_backbone(name):
+            continue
+        kind = task_kind(name)
+        models.append(
+            ZooModel(name, lambda name=name: build_hub_task(name),
+                     _HUB_IMAGE_SIZE, "hub_task", full=kind in kinds,
+                     group=kind)
+        )
+        kinds.add(kind)
+    return models
 
 
 def cls_has_tiny_backbone(name: str) -> bool:
@@ -493,7 +523,11 @@ def coverage_markdown() -> str:
         "Every tool (`convert` as a copy and in place, `freeze`/`unfreeze`, "
         "`fold`, `recalibrate`, `audit`, `patch`, and the `.keras` round trip) "
         "runs on every model below in `tests/test_model_sweep.py`, on "
-        "TensorFlow, JAX and torch. The list is not written by hand: "
+        "TensorFlow, JAX and torch. One model per code path runs on every "
+        "push: per `keras.applications` module its smallest builder, per "
+        "keras-hub backbone class its smallest configuration, per keras-hub "
+        "task kind one task. The others run in the `full` tier "
+        "(`bash .ci/run full`). The list is not written by hand: "
         "`tests/model_zoo.py` derives it from the installed packages "
         f"(here Keras {keras.__version__} and keras-hub "
         f"{keras_hub.__version__}), and this page is generated from it "
@@ -534,7 +568,7 @@ def coverage_markdown() -> str:
         "config and reuses those layers, with a warning: the folded model "
         "works, but a `.keras` file of it will not load.",
         "",
-        "| family | model | tier |",
+        "| family | model | runs |",
         "|---|---|---|",
     ]
     for spec in apps + backbones + tasks:
@@ -543,7 +577,7 @@ def coverage_markdown() -> str:
             "hub_backbone": "keras-hub backbone",
             "hub_task": "keras-hub task",
         }[spec.family]
-        tier = "slow (TensorFlow in CI)" if spec.slow else "every backend"
+        tier = "full tier" if spec.full else f"every push (`{spec.group}`)"
         lines.append(f"| {family} | `{spec.id}` | {tier} |")
     return "\n".join(lines) + "\n"
 

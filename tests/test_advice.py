@@ -10,7 +10,6 @@ import pytest
 import frozenbn
 from frozenbn import _advice
 
-pytestmark = pytest.mark.smoke
 
 
 @pytest.mark.parametrize(

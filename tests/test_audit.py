@@ -42,7 +42,6 @@ def _corrupt(layer, shift=3.0, scale=9.0):
     layer.moving_variance.assign(_np(layer.moving_variance) * scale)
 
 
-@pytest.mark.smoke
 def test_pinpoints_the_layer_with_wrong_statistics():
     keras.utils.set_random_seed(0)
     model = _two_bn_model()
@@ -70,7 +69,6 @@ def test_pinpoints_the_layer_with_wrong_statistics():
     assert "call" not in vars(model.get_layer("bn_bad"))
 
 
-@pytest.mark.smoke
 def test_report_serializes_and_explains_remedies(tmp_path):
     keras.utils.set_random_seed(1)
     model = _two_bn_model()

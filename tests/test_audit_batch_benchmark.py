@@ -5,6 +5,7 @@ import json
 import os
 
 import keras
+import pytest
 
 from frozenbn._advice import DRIFT_SCORE
 from frozenbn._advice import SMALL_BATCH
@@ -18,6 +19,7 @@ def _load():
     return testing.load_script(os.path.join("benchmarks", "audit_batch.py"))
 
 
+@pytest.mark.full  # pretrains and audits ResNet50: a long scenario
 def test_audit_batch_tiny_writes_json_and_markdown(tmp_path):
     bench = _load()
     assert bench.main(["--tiny", "--seeds", "0,", "--batch-sizes", "1,32",

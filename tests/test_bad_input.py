@@ -64,7 +64,6 @@ _PUBLIC = {
 }
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize("function", sorted(_PUBLIC))
 @pytest.mark.parametrize(
     "obj", NOT_MODELS, ids=[type(o).__name__ for o in NOT_MODELS]
@@ -78,7 +77,6 @@ def test_non_models_are_rejected_by_name(function, obj):
         _PUBLIC[function](obj)
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize(
     "obj", NOT_MODELS, ids=[type(o).__name__ for o in NOT_MODELS]
 )
@@ -126,7 +124,6 @@ def test_subclassed_models_need_inplace():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.smoke
 def test_converting_a_converted_model_is_idempotent():
     once = frozenbn.convert(_model())
     twice = frozenbn.convert(once)
@@ -214,7 +211,6 @@ def test_unknown_batch_norm_subclasses_are_left_with_reasons(caplog):
     )
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize(
     "data,message",
     [
@@ -245,7 +241,6 @@ def test_empty_tf_dataset():
     _assert_unchanged(model, before)
 
 
-@pytest.mark.smoke
 def test_wrong_shape():
     model = _model()
     before = _state(model)
@@ -260,7 +255,6 @@ def test_wrong_shape():
     _assert_unchanged(model, before)
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize(
     "data",
     [
@@ -283,7 +277,6 @@ def test_non_numeric_data(data):
     _assert_unchanged(model, before)
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_data_names_the_layer_and_writes_nothing(bad):
     model = _model()
@@ -425,7 +418,6 @@ def test_cli_bad_data_folders_leave_the_model_file_alone(
     assert not os.path.exists(out)
 
 
-@pytest.mark.smoke
 def test_configs_from_a_newer_frozenbn_are_refused_not_misread():
     bn = frozenbn.BatchNormalization(frozen=True)
     wrapper = frozenbn.Frozen(keras.layers.Dense(2))

@@ -56,7 +56,6 @@ class _Recorder(keras.callbacks.Callback):
         )
 
 
-@pytest.mark.smoke
 def test_freeze_from_an_epoch_on():
     keras.utils.set_random_seed(0)
     model = _model()
@@ -120,7 +119,6 @@ def test_freeze_applies_when_fit_resumes_after_the_epoch():
     assert callback.applied and model.get_layer("bn").frozen
 
 
-@pytest.mark.smoke
 def test_precise_bn_leaves_population_statistics():
     keras.utils.set_random_seed(2)
     model = _model()
@@ -195,18 +193,23 @@ def test_precise_bn_every_n_epochs(caplog):
 
 
 @pytest.mark.parametrize(
-    "make",
+    "make, error, match",
     [
-        lambda: FreezeBatchNorm(epoch=-1),
-        lambda: FreezeBatchNorm(epoch=1.5),
-        lambda: FreezeBatchNorm(include="bn"),
-        lambda: PreciseBN(None),
-        lambda: PreciseBN(np.zeros((2, 5)), every_n_epochs=0),
-        lambda: PreciseBN(np.zeros((2, 5)), steps=0),
+        (lambda: FreezeBatchNorm(epoch=-1), ValueError,
+         r"`epoch` must be an int >= 0\. Received: epoch=-1"),
+        (lambda: FreezeBatchNorm(epoch=1.5), TypeError,
+         r"`epoch` must be an int >= 0\. Received: epoch=1\.5"),
+        (lambda: FreezeBatchNorm(include="bn"), TypeError,
+         r"`include` must be a callable"),
+        (lambda: PreciseBN(None), TypeError, r"`data` is None"),
+        (lambda: PreciseBN(np.zeros((2, 5)), every_n_epochs=0), ValueError,
+         r"`every_n_epochs` must be a positive int\. Received: every_n_epochs=0"),
+        (lambda: PreciseBN(np.zeros((2, 5)), steps=0), ValueError,
+         r"`steps` must be a positive int\. Received: steps=0"),
     ],
 )
-def test_argument_errors(make):
-    with pytest.raises((TypeError, ValueError)):
+def test_argument_errors(make, error, match):
+    with pytest.raises(error, match=match):
         make()
 
 

@@ -6,7 +6,6 @@ runs in a subprocess (`tests/distributed_scenarios.py`) with its own
 its measurements as JSON; the assertions are here.
 """
 
-import importlib.util
 import json
 import os
 import socket
@@ -16,8 +15,17 @@ import sys
 import numpy as np
 import pytest
 
+from tests import testing
+
 # Under `pytest -n N` one worker runs the whole module
 # (`testing.SHARED_WORKER_MODULES`), so its module fixtures are built once.
+
+# A scenario's subprocess runs its own backend whatever this run's is, so
+# each runs once: in the run of its backend.
+TF_SCENARIO = testing.requires_backend(
+    "tensorflow", reason="a TensorFlow subprocess: it runs in the TensorFlow run")
+JAX_SCENARIO = testing.requires_backend(
+    "jax", reason="a JAX subprocess: it runs in the JAX run")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tests", "distributed_scenarios.py")
@@ -108,11 +116,10 @@ def _same_on_all(replicas):
 
 @pytest.fixture(scope="module")
 def tf_result():
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("tensorflow is not installed")
     return _scenario("tensorflow")
 
 
+@TF_SCENARIO
 def test_mirrored_fit_keeps_statistics_on_every_replica(tf_result):
     assert tf_result["replicas"] == 2
     case = tf_result["converted"]
@@ -135,6 +142,7 @@ def test_mirrored_fit_keeps_statistics_on_every_replica(tf_result):
     assert case["predict_vs_eager"] <= 1e-6
 
 
+@TF_SCENARIO
 def test_mirrored_synchronized_layers_frozen_and_unfrozen(tf_result):
     frozen = tf_result["synchronized"]
     for name, after in frozen["after"].items():
@@ -167,6 +175,7 @@ def test_mirrored_synchronized_layers_frozen_and_unfrozen(tf_result):
         assert moved.max() > 1e-3
 
 
+@TF_SCENARIO
 @pytest.mark.parametrize("case", ["per_replica", "synchronized"])
 def test_mirrored_recalibrate_equals_single_device(tf_result, case):
     result = tf_result["recalibrate"][case]
@@ -180,9 +189,8 @@ def test_mirrored_recalibrate_equals_single_device(tf_result, case):
         )
 
 
+@TF_SCENARIO
 def test_multi_worker_recalibrate_pools_the_shards_of_all_workers():
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("tensorflow is not installed")
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
     envs = [
@@ -204,9 +212,8 @@ def test_multi_worker_recalibrate_pools_the_shards_of_all_workers():
     _assert_statistics_equal(second["statistics"], first["single"])
 
 
+@JAX_SCENARIO
 def test_jax_processes_recalibrate_pools_the_shards_of_all_processes():
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed")
     [port] = _free_ports(1)
     first, second = _processes(
         "jax", "jax-process", [["0", str(port)], ["1", str(port)]], [{}, {}]
@@ -218,9 +225,8 @@ def test_jax_processes_recalibrate_pools_the_shards_of_all_processes():
     _assert_statistics_equal(second["statistics"], first["single"])
 
 
+@JAX_SCENARIO
 def test_jax_data_parallel_fit_keeps_replicated_statistics():
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed")
     result = _scenario(
         "jax", XLA_FLAGS="--xla_force_host_platform_device_count=2"
     )

@@ -13,7 +13,6 @@ from frozenbn.callbacks import FreezeBatchNorm
 from frozenbn.callbacks import PreciseBN
 from frozenbn.cli import main
 
-pytestmark = pytest.mark.smoke
 
 
 def _model():

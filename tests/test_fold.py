@@ -45,7 +45,6 @@ def _bn_after_foldable(model):
     return found
 
 
-@pytest.mark.smoke
 def test_sequential_conv_bn_relu():
     model = keras.Sequential(
         [
@@ -72,7 +71,6 @@ def test_sequential_conv_bn_relu():
         np.testing.assert_array_equal(old, testing.to_numpy(w))
 
 
-@pytest.mark.smoke
 def test_functional_frozenbn_and_report_text():
     inputs = keras.Input((6, 5))
     h = layers.Dense(4, name="dense")(inputs)
@@ -93,36 +91,12 @@ def test_functional_frozenbn_and_report_text():
     _assert_same_predictions(model, folded, x)
 
 
-CASES = {
-    "dense": ((7,), lambda: layers.Dense(5)),
-    "conv1d": ((9, 3), lambda: layers.Conv1D(4, 3)),
-    "conv2d_groups": ((6, 6, 4), lambda: layers.Conv2D(6, 3, groups=2)),
-    "conv2d_channels_first": (
-        (3, 7, 6),
-        lambda: layers.Conv2D(5, 3, data_format="channels_first"),
-    ),
-    "conv3d": ((5, 5, 5, 2), lambda: layers.Conv3D(3, 2)),
-    "depthwise2d": (
-        (6, 6, 3),
-        lambda: layers.DepthwiseConv2D(3, depth_multiplier=2),
-    ),
-    "depthwise1d": (
-        (8, 3),
-        lambda: layers.DepthwiseConv1D(3, depth_multiplier=2),
-    ),
-    "separable2d": (
-        (7, 7, 3),
-        lambda: layers.SeparableConv2D(4, 3, depth_multiplier=2),
-    ),
-    "separable1d": ((9, 2), lambda: layers.SeparableConv1D(4, 3)),
-    "conv2d_transpose": ((5, 5, 3), lambda: layers.Conv2DTranspose(4, 3)),
-}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(testing.LINEAR_LAYERS))
 @pytest.mark.parametrize("use_bias", [False, True])
 def test_each_foldable_layer(case, use_bias):
-    shape, make = CASES[case]
+    shape, make = testing.LINEAR_LAYERS[case]
     layer = make()
     layer.use_bias = use_bias
     channels_first = getattr(layer, "data_format", None) == "channels_first"
@@ -254,7 +228,12 @@ def test_nested_models_are_folded_recursively():
 
 @pytest.mark.parametrize(
     "name, expected_bn",
-    [("ResNet50", 53), ("MobileNetV2", 52), ("EfficientNetB0", 49)],
+    [
+        ("ResNet50", 53),
+        # The model sweep folds one model of each family on every push.
+        pytest.param("MobileNetV2", 52, marks=pytest.mark.full),
+        pytest.param("EfficientNetB0", 49, marks=pytest.mark.full),
+    ],
 )
 def test_applications(name, expected_bn):
     model = getattr(keras.applications, name)(
@@ -319,7 +298,6 @@ def test_report_is_a_dataclass_with_defaults():
     assert str(report).startswith("Folded 0")
 
 
-@pytest.mark.smoke
 def test_folded_weights_are_rounded_once_from_float64():
     model = keras.Sequential([
         keras.Input((5,)),

@@ -62,7 +62,6 @@ def _assert_same_training_math(model, fused, x, training=True):
         _assert_close(expected, by_path[path])
 
 
-@pytest.mark.smoke
 def test_sequential_conv_bn_relu():
     model = _frozen(
         keras.Sequential(
@@ -101,44 +100,12 @@ def test_sequential_conv_bn_relu():
         assert np.array_equal(a, b)  # the input model is untouched
 
 
-CASES = {
-    "dense": ((7,), lambda: layers.Dense(5)),
-    "dense_3d": ((3, 7), lambda: layers.Dense(5)),
-    "conv1d": ((9, 3), lambda: layers.Conv1D(4, 3, strides=2)),
-    "conv1d_causal": (
-        (9, 3),
-        lambda: layers.Conv1D(4, 3, padding="causal", dilation_rate=2),
-    ),
-    "conv2d_groups": ((6, 6, 4), lambda: layers.Conv2D(6, 3, groups=2)),
-    "conv2d_channels_first": (
-        (3, 7, 6),
-        lambda: layers.Conv2D(5, 3, data_format="channels_first"),
-    ),
-    "conv3d": ((5, 5, 5, 2), lambda: layers.Conv3D(3, 2)),
-    "depthwise2d": (
-        (6, 6, 3),
-        lambda: layers.DepthwiseConv2D(3, depth_multiplier=2),
-    ),
-    "depthwise1d": (
-        (8, 3),
-        lambda: layers.DepthwiseConv1D(3, depth_multiplier=2),
-    ),
-    "separable2d": (
-        (7, 7, 3),
-        lambda: layers.SeparableConv2D(4, 3, depth_multiplier=2),
-    ),
-    "separable1d": ((9, 2), lambda: layers.SeparableConv1D(4, 3)),
-    "conv2d_transpose": (
-        (5, 5, 3),
-        lambda: layers.Conv2DTranspose(4, 3, strides=2),
-    ),
-}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(testing.LINEAR_LAYERS))
 @pytest.mark.parametrize("use_bias", [False, True])
 def test_each_layer_type_trains_like_unfused(case, use_bias):
-    shape, make = CASES[case]
+    shape, make = testing.LINEAR_LAYERS[case]
     layer = make()
     layer.use_bias = use_bias
     channels_first = getattr(layer, "data_format", None) == "channels_first"

@@ -34,6 +34,7 @@ def test_every_benchmark_reads_seeds_one_way_and_no_abbreviation(script, capsys)
     assert "unrecognized arguments: --seed" in capsys.readouterr().err
 
 
+@pytest.mark.full  # trains ResNet50 on two seeds: a long scenario
 def test_gap_tiny_two_seeds_writes_json_markdown_and_plots(tmp_path, capsys):
     gap = _load_gap()
     # One trained arm and one derived from it keep this to one ResNet50

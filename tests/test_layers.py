@@ -32,7 +32,6 @@ def _inputs(shape, seed=1, dtype="float32"):
     return (rng.normal(0.7, 2.0, shape)).astype(dtype)
 
 
-@pytest.mark.smoke
 def test_layer_basics():
     layer = frozenbn.BatchNormalization(frozen=True, momentum=0.9)
     out = layer(_inputs((4, 5, 3)))
@@ -57,7 +56,6 @@ def test_weight_names_match_keras():
     assert [w.name for w in stock.weights] == [w.name for w in ours.weights]
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize("training", [True, False, None])
 @pytest.mark.parametrize(
     "shape,axis",
@@ -123,11 +121,13 @@ def test_unfrozen_is_keras_with_renorm():
         assert np.array_equal(x0, x1)
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("policy", [
+    pytest.param("mixed_float16", marks=testing.not_on_backend(
+        "torch", "torch has no float16 batch norm kernels on CPU")),
+    "mixed_bfloat16",
+])
 @pytest.mark.parametrize("frozen", [False, True])
 def test_mixed_precision_matches_keras(policy, frozen):
-    if policy == "mixed_float16" and keras.config.backend() == "torch":
-        pytest.skip("torch has no float16 batch norm kernels on CPU")
     keras.config.set_dtype_policy(policy)
     stock = keras.layers.BatchNormalization(momentum=0.5)
     ours = frozenbn.BatchNormalization(momentum=0.5, frozen=frozen)
@@ -144,7 +144,6 @@ def test_mixed_precision_matches_keras(policy, frozen):
     testing.assert_weights_equal(stock, ours)
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize("axis,shape", [(-1, (4, 5, 5, 3)), (1, (4, 3, 5, 5))])
 def test_frozen_output_equals_keras_inference(axis, shape):
     stock, _ = _pair(axis=axis)
@@ -205,12 +204,13 @@ def test_frozen_gradients_reach_gamma_beta_and_inputs():
         ((2, 3, 4, 6), -1, {"scale": False}),
     ],
 )
+@testing.requires_backend(
+    "tensorflow", "torch",
+    reason="JAX has no native frozen backward (XLA fuses autodiff)")
 def test_native_gradient_matches_autodiff(shape, axis, kwargs, monkeypatch):
     """The native backward (TF fused kernel, torch's native batch-norm
     backward): same outputs bit for bit, gradients of the inputs, gamma and
     beta to 1e-6 of autodiff of Keras's op."""
-    if keras.config.backend() not in ("tensorflow", "torch"):
-        pytest.skip("JAX has no native frozen backward (XLA fuses autodiff)")
     bn = frozenbn.BatchNormalization(axis=axis, frozen=True, **kwargs)
     bn.build(shape)
     testing.randomize_batch_norm(bn)
@@ -228,14 +228,13 @@ def test_native_gradient_matches_autodiff(shape, axis, kwargs, monkeypatch):
         assert scale > 0 and np.max(np.abs(native - plain)) <= 1e-6 * scale
 
 
+@testing.requires_backend("torch", reason="torch's native backward only")
 def test_torch_native_backward_passes_the_saved_statistics_cuda_asserts(monkeypatch):
     """CUDA's `native_batch_norm_backward` asserts that the saved mean and
     inverse std are given even in inference mode ("save_mean should always
     be defined", seen on an H100) and reads them when they are not empty;
     the CPU kernel ignores them. So the frozen backward must pass the moving
     mean and 1/sqrt(variance + epsilon), which this checks on any device."""
-    if keras.config.backend() != "torch":
-        pytest.skip("torch's native backward only")
     import torch
 
     aten = torch.ops.aten
@@ -259,14 +258,13 @@ def test_torch_native_backward_passes_the_saved_statistics_cuda_asserts(monkeypa
     np.testing.assert_allclose(save_invstd, 1 / np.sqrt(var + eps), rtol=1e-6)
 
 
+@testing.requires_backend("torch", reason="torch's autograd switch only")
 def test_torch_inference_without_autograd_takes_the_plain_op(monkeypatch):
     """Under `torch.no_grad()` (Keras's `predict` and `evaluate` on torch)
     a frozen layer computes the plain op, not the `autograd.Function` of the
     native backward, which only costs time there (measured 0.95x stock's
     inference on an H100); with autograd on it takes the native path. The
     outputs are the same bit for bit."""
-    if keras.config.backend() != "torch":
-        pytest.skip("torch's autograd switch only")
     import torch
 
     from frozenbn import _native
@@ -362,7 +360,6 @@ def test_synchronized_matches_keras():
     )
 
 
-@pytest.mark.smoke
 def test_keras_file_round_trip_without_custom_objects(tmp_path):
     model = keras.Sequential(
         [
@@ -416,7 +413,7 @@ def test_weights_files_load_both_ways(tmp_path):
     testing.assert_weights_equal(stock, ours)
 
 
-class _Probe(keras.layers.Layer):
+class TrainingProbe(keras.layers.Layer):
     """Records the `training` value it was called with."""
 
     def call(self, x, training=None):
@@ -424,9 +421,8 @@ class _Probe(keras.layers.Layer):
         return x
 
 
-@pytest.mark.smoke
 def test_frozen_wrapper_forces_inference_and_passes_through():
-    probe = _Probe()
+    probe = TrainingProbe()
     wrapper = frozenbn.Frozen(probe)
     x = _inputs((2, 3))
     wrapper(x, training=True)
@@ -446,7 +442,7 @@ def test_frozen_wrapper_does_not_leak_training_to_siblings():
         def __init__(self):
             super().__init__()
             self.backbone = frozenbn.Frozen(keras.layers.Dense(3))
-            self.after = _Probe()
+            self.after = TrainingProbe()
 
         def call(self, x):
             return self.after(self.backbone(x))

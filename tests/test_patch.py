@@ -43,7 +43,6 @@ def test_applications_build_frozen_layers_and_load_weights(tmp_path):
     assert type(_bn_layers(_resnet())[0]) is KERAS_BN  # nothing leaked
 
 
-@pytest.mark.smoke
 def test_flag_nesting_and_restore_on_error():
     with frozenbn.patch(frozen=False):
         assert frozenbn.BatchNormalization().frozen is False

@@ -116,7 +116,6 @@ def test_frozen_is_independent_of_training_and_never_updates(case):
     _check_frozen_ignores_training(case)
 
 
-@pytest.mark.smoke
 @settings(max_examples=10, deadline=None)
 @given(case=_cases(max_rank=4, policies=["float32"]))
 def test_smoke_frozen_and_unfrozen_properties(case):

@@ -12,6 +12,7 @@ import frozenbn
 from frozenbn import _data
 from frozenbn import _math
 from frozenbn.recalibrate import recalibrate
+from tests import testing
 
 RTOL = 1e-5  # the DESIGN target: numpy population statistics within 1e-5
 
@@ -111,16 +112,20 @@ def test_iter_batches_rejects_bad_data(data, error):
         list(_data.iter_batches(data))
 
 
-@pytest.mark.parametrize("steps", [0, -1, 1.5, True])
-def test_iter_batches_rejects_bad_steps(steps):
-    with pytest.raises((TypeError, ValueError), match="steps"):
+@pytest.mark.parametrize("steps, error, match", [
+    (0, ValueError, r"`steps` must be a positive int\. Received: steps=0"),
+    (-1, ValueError, r"`steps` must be a positive int\. Received: steps=-1"),
+    (1.5, TypeError, r"`steps` must be a positive int or None\. Received: steps=1\.5"),
+    (True, TypeError, r"`steps` must be a positive int or None\. Received: steps=True"),
+])
+def test_iter_batches_rejects_bad_steps(steps, error, match):
+    with pytest.raises(error, match=match):
         list(_data.iter_batches(np.zeros((3, 1)), steps=steps))
 
 
 # recalibrate -----------------------------------------------------------
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_input_bn_matches_numpy_population(axis):
     rng = np.random.default_rng(1)
@@ -133,7 +138,6 @@ def test_input_bn_matches_numpy_population(axis):
     _assert_population(model.layers[0], x, axis=axis)
 
 
-@pytest.mark.smoke
 def test_conv_bn_and_downstream_bn_follow_fit_semantics():
     rng = np.random.default_rng(2)
     x = rng.normal(3.0, 2.0, (70, 6, 6, 2)).astype("float32")
@@ -338,10 +342,8 @@ def test_mixed_precision_layer_statistics_in_float32():
     _assert_population(bn, x.astype("float16").astype("float32"))
 
 
-@pytest.mark.tf_only
+@testing.requires_tensorflow
 def test_under_a_distribution_strategy():
-    if keras.config.backend() != "tensorflow":
-        pytest.skip("tf.distribute needs the TensorFlow backend")
     import tensorflow as tf
 
     x = np.random.default_rng(10).normal(1.0, 2.0, (40, 3)).astype("float32")

@@ -9,7 +9,6 @@ from tests import testing
 SWEEP = testing.SWEEP_MODULE
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.smoke
 
 
 def test_checks_of_one_sweep_model_share_a_worker():

@@ -9,11 +9,62 @@ import numpy as np
 import pytest
 
 # The one backend gate of the suite: what Keras runs on, not what the
-# environment asked for.
-requires_tensorflow = pytest.mark.skipif(
-    keras.config.backend() != "tensorflow",
-    reason="needs the TensorFlow backend (tf.distribute, SavedModel, tf ops)",
-)
+# environment asked for. Tests gate with these marks, never with an inline
+# `pytest.skip`, so the skip reason always names the backend.
+BACKEND = keras.config.backend()
+
+
+def requires_backend(*names, reason):
+    """Skips a test unless Keras runs on one of `names`."""
+    return pytest.mark.skipif(
+        BACKEND not in names,
+        reason=f"needs the {' or '.join(names)} backend: {reason}",
+    )
+
+
+def not_on_backend(name, reason):
+    """Skips a test (or one parameter of it) when Keras runs on `name`."""
+    return pytest.mark.skipif(BACKEND == name, reason=f"not on {name}: {reason}")
+
+
+requires_tensorflow = requires_backend(
+    "tensorflow", reason="tf.distribute, SavedModel, tf ops")
+
+# Every linear layer that fold and fuse rewrite, by case name:
+# `(input shape without the batch, a function that makes the layer)`.
+LINEAR_LAYERS = {
+    "dense": ((7,), lambda: keras.layers.Dense(5)),
+    "dense_3d": ((3, 7), lambda: keras.layers.Dense(5)),
+    "conv1d": ((9, 3), lambda: keras.layers.Conv1D(4, 3, strides=2)),
+    "conv1d_causal": (
+        (9, 3),
+        lambda: keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2),
+    ),
+    "conv2d_groups": ((6, 6, 4), lambda: keras.layers.Conv2D(6, 3, groups=2)),
+    "conv2d_channels_first": (
+        (3, 7, 6),
+        lambda: keras.layers.Conv2D(5, 3, data_format="channels_first"),
+    ),
+    "conv3d": ((5, 5, 5, 2), lambda: keras.layers.Conv3D(3, 2)),
+    "depthwise2d": (
+        (6, 6, 3),
+        lambda: keras.layers.DepthwiseConv2D(3, depth_multiplier=2),
+    ),
+    "depthwise1d": (
+        (8, 3),
+        lambda: keras.layers.DepthwiseConv1D(3, depth_multiplier=2),
+    ),
+    "separable2d": (
+        (7, 7, 3),
+        lambda: keras.layers.SeparableConv2D(4, 3, depth_multiplier=2),
+    ),
+    "separable1d": ((9, 2), lambda: keras.layers.SeparableConv1D(4, 3)),
+    "conv2d_transpose": (
+        (5, 5, 3),
+        lambda: keras.layers.Conv2DTranspose(4, 3, strides=2),
+    ),
+}
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
