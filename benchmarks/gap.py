@@ -98,6 +98,12 @@ DOCS = {
 `<!-- MARKER:begin -->...<!-- MARKER:end -->` that `--docs` rewrites from
 it."""
 
+README_TABLE = ("README.md", "gap-table")
+"""The page and marker of the block that `--docs` rewrites from every file
+in `DOCS`: the README's table of the arms it names, by batch size."""
+
+README_ARMS = ("stock", "stock_recalibrated", "frozenbn", "keras_bn_frozen")
+
 AUDIT_PICKS = ("docs/benchmarks.md", "audit-picks")
 """The page and marker of the block that `--docs` rewrites from every file
 in `DOCS`: how the remedy `audit` recommends did on each seed."""
@@ -389,8 +395,9 @@ def update_docs(json_path: str, root: Optional[str] = None) -> list:
         payload = json.load(f)
     block = docs_block(payload, name)
     blocks = [(page, marker, block) for page, marker in DOCS[name].items()]
-    blocks.append((*AUDIT_PICKS, audit_picks_block(
-        os.path.join(root, "benchmarks", "results"))))
+    results_dir = os.path.join(root, "benchmarks", "results")
+    blocks.append((*AUDIT_PICKS, audit_picks_block(results_dir)))
+    blocks.append((*README_TABLE, readme_block(results_dir)))
     changed = []
     for page, marker, block in blocks:
         path = os.path.join(root, page)
@@ -436,6 +443,37 @@ def audit_picks_block(results_dir: str) -> str:
             f"{pick.heldout_accuracy:.3f} | {best.label}, "
             f"{best.heldout_accuracy:.3f} | {gap:.3f} |")
     return "\n".join(lines)
+
+
+def readme_block(results_dir: str) -> str:
+    """The README's table: per arm of `README_ARMS`, over every seed of the
+    results files in `DOCS`, at batch 32 and at smaller batches, the
+    evaluate/fit loss ratio (median and worst), the held-out accuracy (mean
+    and worst) and on how many seeds the arm was the best of those four."""
+    groups = {"32": [], "4-16": []}
+    for name in sorted(DOCS):
+        with open(os.path.join(results_dir, name), encoding="utf-8") as f:
+            for run in _runs(json.load(f)):
+                if all(arm in run.names for arm in README_ARMS):
+                    key = "32" if run.config["batch_size"] >= 32 else "4-16"
+                    groups[key].append(run)
+    header = ["arm"]
+    for key, runs in groups.items():
+        header += [f"batch {key}: eval/fit, median (worst)",
+                   "held-out acc, mean (worst)", "best arm"]
+    rows = []
+    for name in README_ARMS:
+        row = [groups["32"][0].arm(name).label]
+        for runs in groups.values():
+            ratios = [run.arm(name).ratio for run in runs]
+            held = [run.arm(name).heldout_accuracy for run in runs]
+            best = sum(max(README_ARMS, key=lambda a: run.arm(a).heldout_accuracy)
+                       == name for run in runs)
+            row += [f"{np.median(ratios):.3g} ({max(ratios):.3g})",
+                    f"{np.mean(held):.3f} ({min(held):.3f})",
+                    f"{best} of {len(runs)} seeds"]
+        rows.append(row)
+    return _report.format_table(header, rows, markdown=True)
 
 
 def docs_block(payload: dict, name: str) -> str:

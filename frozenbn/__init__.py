@@ -3,7 +3,9 @@
 __version__ = "0.1.0"
 
 from frozenbn import callbacks
+from frozenbn._advice import Recommendation
 from frozenbn.audit import AuditReport
+from frozenbn.audit import LayerAudit
 from frozenbn.audit import audit
 from frozenbn.convert import convert
 from frozenbn.convert import freeze
@@ -11,6 +13,7 @@ from frozenbn.convert import unfreeze
 from frozenbn.fold import FoldReport
 from frozenbn.fold import fold
 from frozenbn.fuse import FuseReport
+from frozenbn.fuse import FusedBatchNorm
 from frozenbn.fuse import fuse
 from frozenbn.fuse import unfuse
 from frozenbn.layers import BatchNormalization
@@ -24,6 +27,9 @@ __all__ = [
     "FoldReport",
     "Frozen",
     "FuseReport",
+    "FusedBatchNorm",
+    "LayerAudit",
+    "Recommendation",
     "__version__",
     "audit",
     "callbacks",

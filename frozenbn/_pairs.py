@@ -11,6 +11,7 @@ layer. This module is the one place that
   accepts (`check_graph_model`).
 """
 
+import warnings
 from collections import Counter
 from typing import Callable
 from typing import Dict
@@ -159,6 +160,13 @@ class Rewriter:
         if names:
             self.paired = [(names.get(a, a), names.get(b, b)) for a, b in self.paired]
             self.left = [(names.get(bn, bn), why) for bn, why in self.left]
+        if not self.paired:
+            why = (f"none of its {len(self.left)} BatchNormalization layer(s) "
+                   f"qualifies ('{self.left[0][0]}': {self.left[0][1]}; the "
+                   "report gives each)" if self.left
+                   else "it has no BatchNormalization layer")
+            warnings.warn(f"frozenbn.{self.tool} changed nothing: {why}. The "
+                          "result is a plain copy.", stacklevel=3)
         return copy
 
     def _rewrite(self, model: keras.Model) -> keras.Model:

@@ -103,7 +103,7 @@ def freeze(
         include: Optional `include(layer) -> bool` choosing the layers.
 
     Returns:
-        How many layers changed.
+        How many layers changed (a warning says why when none did).
 
     Example:
 
@@ -117,17 +117,7 @@ def freeze(
     """
     _checks.check_is_layer(model, "freeze")
     _checks.check_bool("frozen", frozen)
-
-    changed = 0
-    for layer in _walk.iter_layers(model):
-        if not isinstance(layer, (BatchNormalization, Frozen)):
-            continue
-        if include is not None and not include(layer):
-            continue
-        if layer.frozen != frozen:
-            layer.frozen = frozen
-            changed += 1
-    return changed
+    return _set_frozen(model, frozen, include, "freeze")
 
 
 def unfreeze(
@@ -140,7 +130,34 @@ def unfreeze(
         How many layers changed.
     """
     _checks.check_is_layer(model, "unfreeze")
-    return freeze(model, frozen=False, include=include)
+    return _set_frozen(model, False, include, "unfreeze")
+
+
+def _set_frozen(model, frozen, include, name) -> int:
+    changed = selected = 0
+    for layer in _walk.iter_layers(model):
+        if not isinstance(layer, (BatchNormalization, Frozen)):
+            continue
+        if include is not None and not include(layer):
+            continue
+        selected += 1
+        if layer.frozen != frozen:
+            layer.frozen = frozen
+            changed += 1
+    if changed:
+        return changed
+    layers = _walk.batch_norm_layers(model)
+    if selected:
+        why = f"its {selected} selected layer(s) already had frozen={frozen}"
+    elif any(isinstance(layer, BatchNormalization) for layer in layers):
+        why = "`include` selects none of its frozenbn layers"
+    elif layers:
+        why = ("its BatchNormalization layers are Keras's; convert it first "
+               "(`frozenbn.convert(model)`)")
+    else:
+        why = "it has no BatchNormalization layer"
+    warnings.warn(f"frozenbn.{name} changed nothing: {why}.", stacklevel=3)
+    return 0
 
 
 def _check_convertible(layers: list) -> None:

@@ -16,7 +16,8 @@ tool on every model. One representative per code path runs on every
 push (`ZooModel.full` is False): per `keras.applications` module its
 smallest builder, per keras-hub backbone class its smallest
 configuration, per keras-hub task kind (classifier, segmenter, detector)
-one task. The rest form the `full` tier (`pytest --full`). keras-hub backbones take architecture arguments
+one task (the one with the least code). The rest form the `full` tier
+(`pytest --full`). keras-hub backbones take architecture arguments
 without defaults; `TINY_BACKBONE_KWARGS` holds a small configuration per
 class. A new BN-bearing backbone without one fails
 `test_every_discovered_model_can_be_built` with a message saying what to
@@ -476,23 +477,32 @@ def task_kind(name: str) -> str:
     return mro[index - 1].__name__ if index > 0 else name
 
 
+def _code_lines(name: str) -> int:
+    """Source lines of task `name`'s class and of its backbone class."""
+    cls = _hub_class(name)
+    return sum(len(inspect.getsource(c).splitlines())
+               for c in (cls, cls.backbone_cls))
+
+
 def keras_hub_tasks() -> List[ZooModel]:
     """A small instance of every keras-hub image task on a BN backbone.
 
-    The first task of each kind, by name, represents the kind.
+    Each kind is represented by its task with the least code (its class and
+    its backbone class): the kind's common path, the others' own paths in
+    the `full` tier.
     """
-    models, kinds = [], set()
-    for name in discovered_hub_tasks():
-        if not cls_has_tiny_backbone(name):
-            continue
-        kind = task_kind(name)
-        models.append(
-            ZooModel(name, lambda name=name: build_hub_task(name),
-                     _HUB_IMAGE_SIZE, "hub_task", full=kind in kinds,
-                     group=kind)
-        )
-        kinds.add(kind)
-    return models
+    names = [name for name in discovered_hub_tasks()
+             if cls_has_tiny_backbone(name)]
+    kinds = {}
+    for name in sorted(names, key=lambda name: (_code_lines(name), name)):
+        kinds.setdefault(task_kind(name), name)
+    representatives = set(kinds.values())
+    return [
+        ZooModel(name, lambda name=name: build_hub_task(name),
+                 _HUB_IMAGE_SIZE, "hub_task",
+                 full=name not in representatives, group=task_kind(name))
+        for name in names
+    ]
 
 
 def cls_has_tiny_backbone(name: str) -> bool:
@@ -526,7 +536,7 @@ def coverage_markdown() -> str:
         "TensorFlow, JAX and torch. One model per code path runs on every "
         "push: per `keras.applications` module its smallest builder, per "
         "keras-hub backbone class its smallest configuration, per keras-hub "
-        "task kind one task. The others run in the `full` tier "
+        "task kind the task with the least code. The others run in the `full` tier "
         "(`bash .ci/run full`). The list is not written by hand: "
         "`tests/model_zoo.py` derives it from the installed packages "
         f"(here Keras {keras.__version__} and keras-hub "

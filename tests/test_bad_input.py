@@ -142,7 +142,9 @@ def test_converting_a_converted_model_is_idempotent():
     before = _state(once)
     assert frozenbn.convert(once, inplace=True) is once
     _assert_unchanged(once, before)
-    assert frozenbn.freeze(once) == 0  # already frozen: nothing to change
+    with pytest.warns(UserWarning, match=r"freeze changed nothing: its 2 "
+                      r"selected layer\(s\) already had frozen=True"):
+        assert frozenbn.freeze(once) == 0
     # Converting again with another flag only sets the flag.
     unfrozen = frozenbn.convert(once, frozen=False)
     assert [l.frozen for l in unfrozen.layers if hasattr(l, "frozen")] == [
@@ -188,7 +190,9 @@ def test_unknown_batch_norm_subclasses_are_left_with_reasons(caplog):
         frozenbn.convert(model)
     with pytest.raises(ValueError, match=r"_CustomBN"):
         frozenbn.convert(model, inplace=True)
-    assert frozenbn.freeze(model) == 0  # not a frozenbn layer: untouched
+    with pytest.warns(UserWarning, match=r"BatchNormalization layers are "
+                      r"Keras's; convert it first"):
+        assert frozenbn.freeze(model) == 0  # not a frozenbn layer: untouched
     # One policy, one wording: every tool leaves it and says why.
     reason = (
         f"a custom BatchNormalization subclass ({__name__}._CustomBN), whose "

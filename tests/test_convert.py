@@ -309,7 +309,14 @@ def test_freeze_and_unfreeze_count_changes():
         ]
     )
     assert frozenbn.freeze(model) == 2
-    assert frozenbn.freeze(model) == 0
+    with pytest.warns(UserWarning, match=r"^frozenbn.freeze changed nothing: "
+                      r"its 3 selected layer\(s\) already had frozen=True\.$"):
+        assert frozenbn.freeze(model) == 0
+    with pytest.warns(UserWarning, match=r"^frozenbn.unfreeze changed nothing: "
+                      r"`include` selects none of its frozenbn layers\.$"):
+        assert frozenbn.unfreeze(model, include=lambda layer: False) == 0
+    with pytest.warns(UserWarning, match=r"no BatchNormalization layer"):
+        assert frozenbn.freeze(keras.layers.Dense(2)) == 0
     assert wrapped.frozen
     assert frozenbn.unfreeze(model) == 3
     assert frozenbn.freeze(model, include=lambda l: isinstance(l, frozenbn.Frozen)) == 1

@@ -110,7 +110,8 @@ def test_export_folded_model_to_saved_model(tmp_path):
 
 def test_keras_file_round_trip_of_converted_model_safe_mode(tmp_path):
     model = frozenbn.convert(_model(), include=lambda l: l.name == "bn_conv")
-    frozenbn.freeze(model, frozen=False, include=lambda l: False)  # no-op
+    with pytest.warns(UserWarning, match="freeze changed nothing"):
+        frozenbn.freeze(model, frozen=False, include=lambda l: False)
     model.compile(keras.optimizers.SGD(0.01), "mse")
     path = str(tmp_path / "converted.keras")
     model.save(path)

@@ -190,7 +190,10 @@ def test_pairs_that_are_left_say_why():
     model = keras.Model(inputs, [h, out])
     testing.randomize_batch_norm(model)
 
-    fused, report = frozenbn.fuse(model)
+    with pytest.warns(UserWarning, match=r"^frozenbn.fuse changed nothing: "
+                      r"none of its 5 BatchNormalization layer\(s\) qualifies "
+                      r"\('keras_bn': a Keras BatchNormalization"):
+        fused, report = frozenbn.fuse(model)
 
     reasons = dict(report.left)
     assert report.fused == []

@@ -137,6 +137,24 @@ def test_docs_show_the_audit_picks_of_the_committed_runs():
         len(_committed_runs(gap, name)[1]) for name in gap.DOCS)
 
 
+def test_readme_shows_the_committed_gap_results():
+    """The README's table is the one generated from every committed results
+    file that a docs page shows; its best-arm counts add up per seed."""
+    gap = _load_gap()
+    block = gap.readme_block(testing.RESULTS)
+    page, marker = gap.README_TABLE
+    with open(os.path.join(REPO, page), encoding="utf-8") as f:
+        text = f.read()
+    assert gap._common.replace_block(text, marker, block) == text, (
+        f"{page} is stale: run python benchmarks/gap.py --render "
+        "benchmarks/results/gap_small_tensorflow_cpu.json --docs")
+    rows = [line.split(" | ") for line in block.splitlines()[2:]]
+    assert len(rows) == len(gap.README_ARMS)
+    for column, seeds in ((3, 11), (6, 8)):
+        best = [int(row[column].split(" of ")[0]) for row in rows]
+        assert sum(best) == seeds, best
+
+
 def test_docs_refuse_a_results_file_no_page_shows(tmp_path):
     """`--docs` with another results file (a tagged side run) must not
     overwrite the committed run's summary."""
