@@ -222,8 +222,8 @@ def _mobilenetv5(size, msfa):
 
 TINY_BACKBONE_KWARGS = {
     "ResNetBackbone": [
-        lambda s: _resnet(s, stages=2),
         lambda s: _resnet(s, stages=2, pre_activation=True),
+        lambda s: _resnet(s, stages=2),
         lambda s: _resnet(s, block="bottleneck_block", stages=2),
     ],
     "CSPNetBackbone": [
@@ -274,12 +274,9 @@ TINY_BACKBONE_KWARGS = {
             squeeze_and_excite=0.5,
         ),
     ],
-    # First with the multi-scale fusion adapter (as in the presets): keras-hub
-    # 0.32's classifier head without it builds BatchNormalization(axis=None)
-    # when the backbone uses batch norm.
     "MobileNetV5Backbone": [
-        lambda s: _mobilenetv5(s, msfa=True),
         lambda s: _mobilenetv5(s, msfa=False),
+        lambda s: _mobilenetv5(s, msfa=True),
     ],
     "XceptionBackbone": [
         lambda s: dict(
@@ -364,6 +361,13 @@ TINY_BACKBONE_KWARGS = {
 }
 
 _HUB_IMAGE_SIZE = 32
+
+# The configuration (index in TINY_BACKBONE_KWARGS) a task builds its
+# backbone from, where not the first (the smallest): keras-hub 0.32's
+# MobileNetV5 classifier head builds BatchNormalization(axis=None) on a
+# backbone without the multi-scale fusion adapter, so it takes the one
+# with it, as in the presets; the ResNet classifier keeps the v1 blocks.
+TASK_BACKBONE = {"MobileNetV5Backbone": 1, "ResNetBackbone": 1}
 
 
 def _mit(size):
@@ -450,15 +454,14 @@ def discovered_hub_tasks() -> list:
 def build_hub_task(name: str, image_size: int = _HUB_IMAGE_SIZE):
     """A small instance of the task class `name` on a small backbone.
 
-    The backbone is the first tiny configuration of the task's
-    `backbone_cls`; the task gets 2 classes and no preprocessor (the
-    arguments that every keras-hub image task takes).
+    The backbone is the task's tiny configuration of its `backbone_cls`
+    (`TASK_BACKBONE`, else the first); the task gets 2 classes and no
+    preprocessor (the arguments that every keras-hub image task takes).
     """
     cls = _hub_class(name)
     backbone_name = cls.backbone_cls.__name__
-    backbone = _hub_class(backbone_name)(
-        **TINY_BACKBONE_KWARGS[backbone_name][0](image_size)
-    )
+    config = TINY_BACKBONE_KWARGS[backbone_name][TASK_BACKBONE.get(backbone_name, 0)]
+    backbone = _hub_class(backbone_name)(**config(image_size))
     parameters = inspect.signature(cls.__init__).parameters
     kwargs = {"backbone": backbone, "preprocessor": None}
     if "num_classes" in parameters:

@@ -387,6 +387,7 @@ def test_arm_preparations():
     assert demo_arms.ARMS["stock_recalibrated"].derived_from == "stock"
 
 
+@testing.full_tier_unless("tensorflow")
 def test_user_folder_and_local_weights_file_end_to_end(tmp_path, capsys):
     """The real loading paths, offline: a user's image folder and a local
     ResNet50 weights file (what `weights="imagenet"` reads from Keras's

@@ -27,6 +27,7 @@ def _image_folder(root, size=32, per_class=8):
     return root
 
 
+@testing.full_tier_unless("tensorflow")
 def test_finetune_keeps_the_pretrained_statistics(tmp_path):
     pretrained = keras.applications.ResNet50(
         weights=None, include_top=False, input_shape=(32, 32, 3)

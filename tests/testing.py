@@ -27,6 +27,15 @@ def not_on_backend(name, reason):
     return pytest.mark.skipif(BACKEND == name, reason=f"not on {name}: {reason}")
 
 
+def full_tier_unless(name):
+    """Marks a backend-independent end-to-end test (a script, a loading
+    path) `full` except on backend `name`: every push runs it once, in the
+    run of `name`; `--full` runs it on every backend."""
+    if BACKEND == name:
+        return lambda test: test
+    return pytest.mark.full
+
+
 requires_tensorflow = requires_backend(
     "tensorflow", reason="tf.distribute, SavedModel, tf ops")
 
