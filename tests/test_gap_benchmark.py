@@ -121,17 +121,22 @@ def test_audit_pick_reads_the_recorded_score_with_todays_rule():
     assert payload["checks"] == gap.checks(runs)
 
 
-def test_docs_show_the_audit_picks_of_the_committed_runs():
-    """docs/benchmarks.md's table of audit's picks is the one generated from
-    every committed results file that a docs page shows."""
-    gap = _load_gap()
-    block = gap.audit_picks_block(testing.RESULTS)
-    page, marker = gap.AUDIT_PICKS
+def _assert_shows(gap, page_and_marker, block):
+    """The page's marked block is `block` (what `gap.py --docs` writes)."""
+    page, marker = page_and_marker
     with open(os.path.join(REPO, page), encoding="utf-8") as f:
         text = f.read()
     assert gap._common.replace_block(text, marker, block) == text, (
         f"{page} is stale: run python benchmarks/gap.py --render "
         "benchmarks/results/gap_small_tensorflow_cpu.json --docs")
+
+
+def test_docs_show_the_audit_picks_of_the_committed_runs():
+    """docs/benchmarks.md's table of audit's picks is the one generated from
+    every committed results file that a docs page shows."""
+    gap = _load_gap()
+    block = gap.audit_picks_block(testing.RESULTS)
+    _assert_shows(gap, gap.AUDIT_PICKS, block)
     rows = [line for line in block.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == sum(
         len(_committed_runs(gap, name)[1]) for name in gap.DOCS)
@@ -142,12 +147,7 @@ def test_readme_shows_the_committed_gap_results():
     file that a docs page shows; its best-arm counts add up per seed."""
     gap = _load_gap()
     block = gap.readme_block(testing.RESULTS)
-    page, marker = gap.README_TABLE
-    with open(os.path.join(REPO, page), encoding="utf-8") as f:
-        text = f.read()
-    assert gap._common.replace_block(text, marker, block) == text, (
-        f"{page} is stale: run python benchmarks/gap.py --render "
-        "benchmarks/results/gap_small_tensorflow_cpu.json --docs")
+    _assert_shows(gap, gap.README_TABLE, block)
     rows = [line.split(" | ") for line in block.splitlines()[2:]]
     assert len(rows) == len(gap.README_ARMS)
     for column, seeds in ((3, 11), (6, 8)):
