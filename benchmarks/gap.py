@@ -415,10 +415,8 @@ def audit_picks_block(results_dir: str) -> str:
     `audit`'s rule gives for the recorded drift score, and how its arm did
     against the best arm of the run."""
     rows = []
-    for name in sorted(DOCS):
+    for name, runs in _docs_runs(results_dir):
         stem = os.path.splitext(name)[0]
-        with open(os.path.join(results_dir, name), encoding="utf-8") as f:
-            runs = _runs(json.load(f))
         for run in runs:
             remedy, arm = run.audit_pick
             if arm in run.names:
@@ -445,18 +443,26 @@ def audit_picks_block(results_dir: str) -> str:
     return "\n".join(lines)
 
 
+def _docs_runs(results_dir: str) -> list:
+    """`[(name, runs)]` of every results file in `DOCS`, by name."""
+    files = []
+    for name in sorted(DOCS):
+        with open(os.path.join(results_dir, name), encoding="utf-8") as f:
+            files.append((name, _runs(json.load(f))))
+    return files
+
+
 def readme_block(results_dir: str) -> str:
     """The README's table: per arm of `README_ARMS`, over every seed of the
     results files in `DOCS`, at batch 32 and at smaller batches, the
     evaluate/fit loss ratio (median and worst), the held-out accuracy (mean
     and worst) and on how many seeds the arm was the best of those four."""
     groups = {"32": [], "4-16": []}
-    for name in sorted(DOCS):
-        with open(os.path.join(results_dir, name), encoding="utf-8") as f:
-            for run in _runs(json.load(f)):
-                if all(arm in run.names for arm in README_ARMS):
-                    key = "32" if run.config["batch_size"] >= 32 else "4-16"
-                    groups[key].append(run)
+    for _, runs in _docs_runs(results_dir):
+        for run in runs:
+            if all(arm in run.names for arm in README_ARMS):
+                key = "32" if run.config["batch_size"] >= 32 else "4-16"
+                groups[key].append(run)
     header = ["arm"]
     for key, runs in groups.items():
         header += [f"batch {key}: eval/fit, median (worst)",

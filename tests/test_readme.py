@@ -57,8 +57,7 @@ def _check(namespace, tmp_path):
         assert namespace["report"].batch_size == 8
         return
     model, y = namespace["model"], namespace["y"]
-    layers = [l for l in frozenbn._walk.iter_layers(model)
-              if isinstance(l, keras.layers.BatchNormalization)]
+    layers = frozenbn._walk.batch_norm_layers(model)
     assert layers
     evaluated = model.evaluate(x, y, batch_size=32, verbose=0)
     fit_mode = training.fit_mode_loss(model, x, y, batch_size=32)
