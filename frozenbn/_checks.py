@@ -4,8 +4,11 @@ Every public entry point validates its arguments here, so the same mistake
 gets the same message whichever tool it is made with.
 """
 
+import functools
+import warnings
 from typing import Any
 from typing import Optional
+from typing import Sequence
 
 import numpy as np
 
@@ -54,10 +57,73 @@ def check_int(
 
 
 def check_verbose(value: Any) -> int:
-    """Returns `value` if it is 0, 1 or 2 (Keras's `verbose` values)."""
-    if isinstance(value, bool) or value not in (0, 1, 2):
-        raise TypeError(f"`verbose` must be 0, 1 or 2. Received: {value!r}")
+    """Keras's `verbose`: 0, 1, 2 or "auto" (which is 1, as in `predict`).
+
+    Example:
+
+    >>> check_verbose("auto")
+    1
+    """
+    if isinstance(value, str) and value == "auto":
+        return 1
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f'`verbose` must be 0, 1, 2 or "auto". Received: verbose={value!r}'
+        )
+    if value not in (0, 1, 2):
+        raise ValueError(
+            f'`verbose` must be 0, 1, 2 or "auto". Received: verbose={value!r}'
+        )
     return int(value)
+
+
+def old_argument_order(old_order: Sequence[str], first: int):
+    """Keeps 0.1's calls working for one release, with a DeprecationWarning.
+
+    0.1 named the data `data` and took `steps` before `batch_size`; 0.2
+    follows Keras (`x`, `batch_size`, `steps`, `verbose`). `data=` is read
+    as `x=`, and, if 0.1 took any, the positional arguments after the
+    `first` ones (`model, x` or `self, x`) in 0.1's `old_order`, each with
+    a warning that says what to write instead. Remove in 0.3.
+    """
+
+    def decorate(function):
+        name = function.__qualname__.replace(".__init__", "")
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            if "data" in kwargs:
+                if "x" in kwargs or len(args) >= first:
+                    raise TypeError(f"{name}() got `data` and `x`; pass `x`.")
+                _deprecated(f"frozenbn.{name}(data=...) is now "
+                            f"frozenbn.{name}(x=...), as in Keras")
+                kwargs["x"] = kwargs.pop("data")
+            if not old_order:  # only `data=` changed
+                return function(*args, **kwargs)
+            extra, args = args[first:], args[:first]
+            if len(extra) > len(old_order):
+                raise TypeError(f"{name}() takes {first + len(old_order)} "
+                                f"positional arguments at most.")
+            for arg, value in zip(old_order, extra):
+                if arg in kwargs:
+                    raise TypeError(f"{name}() got multiple values for "
+                                    f"argument `{arg}`.")
+                kwargs[arg] = value
+            if extra:
+                given = ", ".join(f"{a}=" for a in old_order[: len(extra)])
+                _deprecated(f"positional arguments of frozenbn.{name} after "
+                            f"`x` follow 0.1's order until 0.3, then Keras's "
+                            f"(batch_size, steps, verbose); pass {given} by "
+                            "keyword")
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _deprecated(message: str) -> None:
+    warnings.warn(message + ".", DeprecationWarning, stacklevel=3)
 
 
 def check_is_layer(obj: Any, function_name: str) -> None:

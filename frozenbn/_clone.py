@@ -256,18 +256,21 @@ def _structure_mismatch(model, pairs: Optional[dict]) -> str:
         return "the copy's layers could not be matched to the model's"
     for layer in _walk.iter_layers(model):
         other = pairs.get(id(layer))
-        path = _walk.layer_path(model, layer)
         if other is None:
             if _own_weights(layer) or _walk.is_batch_norm(layer):
-                return f"layer '{path}' has no counterpart in the copy"
+                problem = "has no counterpart in the copy"
+                break
             continue
         if not _walk.same_kind(other, layer):
-            return (
-                f"layer '{path}' is a {type(layer).__name__} but its copy "
-                f"is a {type(other).__name__}"
-            )
+            problem = (f"is a {type(layer).__name__} but its copy is a "
+                       f"{type(other).__name__}")
+            break
         expected = [(w.name, tuple(w.shape)) for w in _own_weights(layer)]
         got = [(w.name, tuple(w.shape)) for w in _own_weights(other)]
         if expected and expected != got:
-            return f"layer '{path}' has weights {expected}, its copy {got}"
-    return ""
+            problem = f"has weights {expected}, its copy {got}"
+            break
+    else:
+        return ""
+    # One walk for the path, only to name the layer that does not match.
+    return f"layer '{_walk.layer_path(model, layer)}' {problem}"

@@ -22,7 +22,7 @@ DEFAULT_BATCH_SIZE = 32
 
 
 def iter_batches(
-    data: Any, steps: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE
+    data: Any, steps: Optional[int] = None, batch_size: Optional[int] = None
 ) -> Iterator[Any]:
     """Yields the model-input part `x` of each batch of `data`.
 
@@ -44,8 +44,8 @@ def iter_batches(
         steps: Optional number of batches to take. Required for infinite
             data (a repeated dataset, an endless generator); `None` takes
             everything.
-        batch_size: Batch size for array inputs. Ignored for data that is
-            already batched. Defaults to 32.
+        batch_size: Batch size for array inputs; `None` is 32. Ignored for
+            data that is already batched.
 
     Yields:
         `x` of each batch, with its structure (array, list, dict) kept.
@@ -68,7 +68,7 @@ def iter_batches(
 
 
 def iter_xy(
-    data: Any, steps: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE
+    data: Any, steps: Optional[int] = None, batch_size: Optional[int] = None
 ) -> Iterator[Tuple[Any, Any, Any]]:
     """Like `iter_batches`, but yields `(x, y, sample_weight)` triples.
 
@@ -81,7 +81,8 @@ def iter_xy(
     ((4, 2), (4,), None)
     """
     steps = _checks.check_int("steps", steps, allow_none=True)
-    batch_size = _checks.check_int("batch_size", batch_size)
+    batch_size = _checks.check_int("batch_size", batch_size, allow_none=True)
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
     source = _source(data, steps, batch_size)
     taken = 0
     for batch in source:
@@ -106,7 +107,7 @@ def iter_xy(
 
 
 def count_steps(
-    data: Any, steps: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE
+    data: Any, steps: Optional[int] = None, batch_size: Optional[int] = None
 ) -> Optional[int]:
     """How many batches `iter_batches(data, steps, batch_size)` will yield.
 
@@ -122,7 +123,8 @@ def count_steps(
     2
     """
     steps = _checks.check_int("steps", steps, allow_none=True)
-    batch_size = _checks.check_int("batch_size", batch_size)
+    batch_size = _checks.check_int("batch_size", batch_size, allow_none=True)
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
     known = None
     if _is_array_structure(data):
         n = _num_samples(data)
@@ -146,13 +148,13 @@ def count_steps(
 def _source(data: Any, steps: Optional[int], batch_size: int):
     if data is None:
         raise TypeError(
-            "`data` is None. Pass the inputs to compute statistics on: an "
+            "`x` is None. Pass the inputs to compute statistics on: an "
             "array, a tuple (x, y), a tf.data.Dataset, a "
             "keras.utils.PyDataset or a generator of batches."
         )
     if isinstance(data, (str, bytes)):
         raise TypeError(
-            f"`data` must be arrays or batches, not a {type(data).__name__}. "
+            f"`x` must be arrays or batches, not a {type(data).__name__}. "
             "To use a directory of images, load it first, e.g. with "
             "`keras.utils.image_dataset_from_directory(path)`."
         )
@@ -163,14 +165,14 @@ def _source(data: Any, steps: Optional[int], batch_size: int):
     if isinstance(data, tuple):
         if not 1 <= len(data) <= 3:
             raise ValueError(
-                "A tuple `data` must be (x,), (x, y) or (x, y, "
+                "A tuple `x` must be (x,), (x, y) or (x, y, "
                 f"sample_weight). Received a tuple of {len(data)} elements. "
                 "For a multi-input model pass the inputs as a list or dict."
             )
         if _is_array_structure(data[0]):
             return _slice_arrays(data, batch_size)
         raise TypeError(
-            "The first element of a `data` tuple must be the input array(s). "
+            "The first element of an `x` tuple must be the input array(s). "
             f"Received: {type(data[0]).__name__}."
         )
     if _is_tf_dataset(data):
@@ -185,7 +187,7 @@ def _source(data: Any, steps: Optional[int], batch_size: int):
     if hasattr(data, "__iter__") or hasattr(data, "__next__"):
         return iter(data)
     raise TypeError(
-        f"Cannot make batches from `data` of type {type(data).__name__}. "
+        f"Cannot make batches from `x` of type {type(data).__name__}. "
         "Pass a NumPy array, a tuple (x, y), a list/dict of arrays, a "
         "tf.data.Dataset, a keras.utils.PyDataset or a generator of batches."
     )

@@ -5,6 +5,7 @@ import logging
 from typing import Any
 from typing import List
 from typing import Optional
+from typing import Union
 
 import keras
 import numpy as np
@@ -210,60 +211,38 @@ class AuditReport:
         return path
 
 
+@_checks.old_argument_order((), first=2)
 def audit(
     model: keras.layers.Layer,
-    data: Any,
+    x: Any,
+    batch_size: Optional[int] = None,
+    steps: Optional[int] = None,
+    verbose: Union[int, str] = "auto",
     *,
     loss: Any = None,
-    steps: Optional[int] = None,
-    batch_size: int = _data.DEFAULT_BATCH_SIZE,
 ) -> AuditReport:
     """Explains a gap between `fit` and `evaluate` caused by BatchNormalization.
 
-    `fit` normalizes each BN layer with the statistics of the current batch;
-    `evaluate`, `predict` and the saved model use the moving averages. When
-    the two disagree — a fine-tuned backbone on a new domain, small or
-    skewed batches — the loss `fit` reports is not the loss of the model
-    you get. `audit` measures, on `data` (typically the training data):
-
-    - for every BN layer, the statistics of its inputs (pooled over `data`,
-      with upstream BN layers normalizing as in `fit`) against its moving
-      statistics, ranked worst first (`AuditReport.layers`);
-    - the model's outputs, and its loss if labels and a loss are available,
-      with BN as in `fit` and in inference mode, and their ratio.
-
-    "As in `fit`" means: the model is called with `training=True`, as `fit`
-    calls it, so every BN layer gets what `fit` gives it; those that `fit`
-    runs with batch statistics use the current batch's, frozen ones
-    (`frozen=True`, `trainable=False`, inside `frozenbn.Frozen`) their moving
-    statistics. (A `training=False` recorded in a Functional graph, as in
-    `base_model(x, training=False)`, does not hold in Keras 3's `fit`, and
-    audit shows it.) Keras's dropout and noise layers run in inference mode,
-    so the difference is due to BN alone. The model is not
-    changed (no statistic is written; BN `call`s are swapped on the instance
-    during the pass and restored in a `finally` block).
-
-    Each batch runs through one compiled step, as in `recalibrate`, which
-    returns the outputs in both modes; the statistics are pooled on the
-    device. It audits the data of this process on one device (under data
-    parallelism, run it in one process). Custom BatchNormalization
-    subclasses are skipped with a warning (as in `recalibrate`).
+    One compiled pass over `x` measures, for every BN layer, how far the
+    statistics `fit` normalizes with (batch statistics at `batch_size`,
+    upstream layers as in `fit`) are from its moving statistics, ranked
+    worst first, and the model's outputs and loss as `fit` normalizes and
+    in inference mode (Dropout off in both, so the difference is BN's).
+    The model is not changed. docs/usage.md explains the report and the
+    rule behind `AuditReport.recommendation`.
 
     Args:
         model: A Keras model or layer.
-        data: Data in any form `frozenbn.recalibrate` takes. For losses it
-            must carry labels: `(x, y)` arrays, or batches `(x, y[, w])`.
-        loss: Optional loss (a name, a `keras.losses.Loss` or a function
-            `loss(y_true, y_pred)`). Defaults to the compiled loss of
-            `model` (`model.compute_loss`, regularization included, as
-            `evaluate` reports it), if any.
-        steps: Number of batches to use; `None` uses all of `data`.
-        batch_size: Batch size for array `data`. Defaults to 32; use the
-            batch size of training, since batch statistics depend on it.
+        x: Data in any form `model.fit` takes; `(x, y)` for losses.
+        batch_size: Batch size for array `x`; `None` is 32. Use training's:
+            batch statistics depend on it.
+        steps: Number of batches; `None` uses all.
+        verbose: 0 silent, 1 or `"auto"` progress bar, 2 one line.
+        loss: A loss name, `keras.losses.Loss` or `loss(y_true, y_pred)`;
+            defaults to the model's compiled loss, if any.
 
     Returns:
-        An `AuditReport`: print it for a table and the remedies, call
-        `.plot(path)` for a chart, `.to_dict()` for JSON.
+        An `AuditReport`: print it, `.plot(path)`, `.to_dict()`.
 
     Example:
 
@@ -271,11 +250,12 @@ def audit(
     >>> model = keras.Sequential([keras.Input((3,)),
     ...                           keras.layers.BatchNormalization()])
     >>> x = np.random.default_rng(0).normal(5.0, 2.0, (64, 3))
-    >>> report = frozenbn.audit(model, x)
+    >>> report = frozenbn.audit(model, x, verbose=0)
     >>> round(report.layers[0].mean_shift, 1)  # moving mean 0, std 1
     5.0
     """
     _checks.check_is_layer(model, "audit")
+    verbose = _checks.check_verbose(verbose)
     loss_fn = _loss_function(model, loss)
     layers, skipped = _stats.split_measurable(_walk.batch_norm_layers(model))
     for layer, reason in skipped:
@@ -298,9 +278,13 @@ def audit(
         outputs=True,
         distribute=False,
     ) as stats:
-        for x, y, w in _data.iter_xy(data, steps=steps, batch_size=batch_size):
-            fit_out, infer_out = stats.step(x)
-            n = _batch_size(x)
+        progbar = keras.utils.Progbar(
+            _data.count_steps(x, steps=steps, batch_size=batch_size),
+            verbose=verbose, unit_name="step")
+        for batch, y, w in _data.iter_xy(x, steps=steps,
+                                         batch_size=batch_size):
+            fit_out, infer_out = stats.step(batch)
+            n = _batch_size(batch)
             largest = max(largest, n)
             samples += n
             steps_done += 1
@@ -322,9 +306,10 @@ def audit(
                     "computed. Pass (x, y) to compare the losses."
                 )
             if has_loss:
-                totals["train"] += n * loss_fn(x, y, fit_out, w)
-                totals["inference"] += n * loss_fn(x, y, infer_out, w)
+                totals["train"] += n * loss_fn(batch, y, fit_out, w)
+                totals["inference"] += n * loss_fn(batch, y, infer_out, w)
                 totals["weight"] += n
+            progbar.update(steps_done)
         pooled = stats.result()
 
     if has_loss and totals["weight"]:

@@ -4,12 +4,12 @@ import logging
 from typing import Any
 from typing import Callable
 from typing import Optional
+from typing import Union
 
 import keras
 import numpy as np
 
 from frozenbn import _checks
-from frozenbn import _data
 from frozenbn import _walk
 from frozenbn.convert import convert
 from frozenbn.recalibrate import recalibrate
@@ -94,8 +94,8 @@ class PreciseBN(keras.callbacks.Callback):
 
     At the end of every `every_n_epochs`-th epoch's training, before that
     epoch's validation (so `val_*` metrics already use them), the BN moving
-    statistics are replaced by the exact population statistics of `data`
-    with `frozenbn.recalibrate(model, data, steps, verbose=0)`. This is
+    statistics are replaced by the exact population statistics of `x`
+    with `frozenbn.recalibrate`. This is
     detectron2's `PreciseBN` hook: validation and checkpoints see
     statistics that match the current weights instead of lagging moving
     averages. Without validation data it runs in `on_epoch_end`, before
@@ -124,15 +124,16 @@ class PreciseBN(keras.callbacks.Callback):
     weights than the ones evaluated.
 
     Args:
-        data: Data to compute the statistics on, in any form
+        x: Data to compute the statistics on, in any form
             `frozenbn.recalibrate` takes (labels are ignored), typically a
             few hundred batches of training data without augmentation
             randomness you do not want in the statistics.
-        steps: Number of batches of `data` per recalibration; `None` uses
+        batch_size: Batch size for array `x`; `None` is 32.
+        steps: Number of batches of `x` per recalibration; `None` uses
             all (required for infinite data).
+        verbose: `recalibrate`'s progress display. Defaults to 0.
         every_n_epochs: Recalibrate after every n-th epoch (epochs n, 2n,
             ... counting from 1). Defaults to 1.
-        batch_size: Batch size for array `data`. Defaults to 32.
 
     Example:
 
@@ -148,25 +149,29 @@ class PreciseBN(keras.callbacks.Callback):
     ...                frozenbn.callbacks.PreciseBN(x)])
     """
 
+    @_checks.old_argument_order(("steps", "every_n_epochs", "batch_size"),
+                                first=2)
     def __init__(
         self,
-        data: Any,
+        x: Any,
+        batch_size: Optional[int] = None,
         steps: Optional[int] = None,
+        verbose: Union[int, str] = 0,
         every_n_epochs: int = 1,
-        batch_size: int = _data.DEFAULT_BATCH_SIZE,
     ):
         super().__init__()
-        if data is None:
+        if x is None:
             raise TypeError(
-                "`data` is None. Pass the data to compute BN statistics on."
+                "`x` is None. Pass the data to compute BN statistics on."
             )
         _checks.check_int("every_n_epochs", every_n_epochs)
         _checks.check_int("steps", steps, allow_none=True)
-        _checks.check_int("batch_size", batch_size)
-        self.data = data
-        self.steps = steps
-        self.every_n_epochs = every_n_epochs
+        _checks.check_int("batch_size", batch_size, allow_none=True)
+        self.x = x
         self.batch_size = batch_size
+        self.steps = steps
+        self.verbose = _checks.check_verbose(verbose)
+        self.every_n_epochs = every_n_epochs
         self._in_fit = False
         self._epoch = None
         self._done = True
@@ -220,13 +225,8 @@ class PreciseBN(keras.callbacks.Callback):
         self._done = True
         if self._ema is not None:
             self._ema.before_recalibration()
-        count = recalibrate(
-            self.model,
-            self.data,
-            steps=self.steps,
-            verbose=0,
-            batch_size=self.batch_size,
-        )
+        count = recalibrate(self.model, self.x, batch_size=self.batch_size,
+                            steps=self.steps, verbose=self.verbose)
         if self._ema is not None:
             self._ema.after_recalibration()
         logger.info(

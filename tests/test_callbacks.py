@@ -201,7 +201,7 @@ def test_precise_bn_every_n_epochs(caplog):
          r"`epoch` must be an int >= 0\. Received: epoch=1\.5"),
         (lambda: FreezeBatchNorm(include="bn"), TypeError,
          r"`include` must be a callable"),
-        (lambda: PreciseBN(None), TypeError, r"`data` is None"),
+        (lambda: PreciseBN(None), TypeError, r"`x` is None"),
         (lambda: PreciseBN(np.zeros((2, 5)), every_n_epochs=0), ValueError,
          r"`every_n_epochs` must be a positive int\. Received: every_n_epochs=0"),
         (lambda: PreciseBN(np.zeros((2, 5)), steps=0), ValueError,

@@ -357,3 +357,20 @@ def test_copy_is_exact_when_weights_cannot_be_seeded_by_name():
         testing.to_numpy(converted(x, training=True)),
     )
     assert not any("add_weight" in vars(l) for l in converted._flatten_layers())
+
+
+def test_a_copy_that_lost_a_layer_is_named_by_its_path():
+    from frozenbn import _clone
+    from frozenbn import _walk
+
+    inner = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(2, name="d")], name="inner"
+    )
+    model = keras.Sequential([keras.Input((3,)), inner], name="outer")
+    copy = keras.models.clone_model(model)
+    pairs = _walk.match(model, copy)
+    assert _clone._structure_mismatch(model, pairs) == ""
+    del pairs[id(inner.get_layer("d"))]
+    assert _clone._structure_mismatch(model, pairs) == (
+        "layer 'outer/inner/d' has no counterpart in the copy"
+    )

@@ -51,7 +51,7 @@ def test_callback_errors():
         FreezeBatchNorm(epoch=-1)
     with pytest.raises(TypeError, match=r"`include` must be a callable"):
         FreezeBatchNorm(include="bn")
-    with pytest.raises(TypeError, match=r"`data` is None"):
+    with pytest.raises(TypeError, match=r"`x` is None"):
         PreciseBN(None)
     with pytest.raises(ValueError, match=r"`every_n_epochs` must be a pos"):
         PreciseBN(np.zeros((2, 3)), every_n_epochs=0)

@@ -483,3 +483,72 @@ def test_custom_subclasses_are_skipped_with_a_reason(caplog):
     _assert_population(stock, x / np.sqrt(1 + 1e-3) + 1.0)
     [warning] = [r.getMessage() for r in caplog.records]
     assert "'custom'" in warning and "_ShiftedBN" in warning
+
+
+# Keras's argument names and order, and 0.1's calls -----------------------
+
+
+def _statistics_model():
+    return keras.Sequential(
+        [keras.Input((3,)), keras.layers.BatchNormalization(name="bn")]
+    )
+
+
+def test_keras_names_and_old_positional_order_give_the_same_pass():
+    # 70 samples: batch_size 32 and steps 2 take the first 64 samples.
+    x = np.random.default_rng(11).normal(2.0, 3.0, (70, 3)).astype("float32")
+    keras_order = _statistics_model()
+    with testing.no_frozenbn_warnings(DeprecationWarning):
+        recalibrate(keras_order, x, batch_size=32, steps=2, verbose=0)
+    _assert_population(keras_order.get_layer("bn"), x[:64])
+    old = _statistics_model()
+    with pytest.warns(DeprecationWarning, match=r"pass steps=, verbose=, "
+                      r"batch_size= by keyword"):
+        frozenbn.recalibrate(old, x, 2, 0, 32)
+    np.testing.assert_array_equal(_stats(old.get_layer("bn")),
+                                  _stats(keras_order.get_layer("bn")))
+
+
+def test_data_keyword_is_renamed_x_with_a_warning():
+    x = np.random.default_rng(12).normal(size=(40, 3)).astype("float32")
+    model = _statistics_model()
+    with pytest.warns(DeprecationWarning, match=r"recalibrate\(data=\.\.\.\) "
+                      r"is now frozenbn\.recalibrate\(x=\.\.\.\)"):
+        assert frozenbn.recalibrate(model, data=x, verbose=0) == 1
+    _assert_population(model.get_layer("bn"), x)
+    with pytest.warns(DeprecationWarning, match=r"audit\(data=\.\.\.\)"):
+        report = frozenbn.audit(model, data=x, verbose=0)
+    assert report.samples == 40
+    with pytest.warns(DeprecationWarning, match=r"PreciseBN\(data=\.\.\.\)"):
+        callback = frozenbn.callbacks.PreciseBN(data=x, every_n_epochs=2)
+    assert callback.x is x and callback.every_n_epochs == 2
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda m, x: recalibrate(m, x, 1, 0, 32, 5), TypeError,
+         r"recalibrate\(\) takes 5 positional arguments at most"),
+        (lambda m, x: recalibrate(m, x, 1, steps=2), TypeError,
+         r"recalibrate\(\) got multiple values for argument `steps`"),
+        (lambda m, x: recalibrate(m, x, data=x), TypeError,
+         r"recalibrate\(\) got `data` and `x`; pass `x`"),
+        (lambda m, x: recalibrate(m, x, verbose=3), ValueError,
+         r'`verbose` must be 0, 1, 2 or "auto"\. Received: verbose=3'),
+        (lambda m, x: recalibrate(m, x, verbose="on"), TypeError,
+         r'`verbose` must be 0, 1, 2 or "auto"\. Received: verbose=\'on\''),
+        (lambda m, x: frozenbn.audit(m, x, 1.5), TypeError,
+         r"`batch_size` must be a positive int or None\. Received: "
+         r"batch_size=1\.5"),
+    ],
+)
+def test_argument_order_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call(_statistics_model(), np.zeros((4, 3), "float32"))
+
+
+def test_audit_takes_keras_positional_order():
+    x = np.random.default_rng(13).normal(size=(70, 3)).astype("float32")
+    with testing.no_frozenbn_warnings(DeprecationWarning):
+        report = frozenbn.audit(_statistics_model(), x, 16, 2, 0)
+    assert (report.steps, report.samples, report.batch_size) == (2, 32, 16)

@@ -1,8 +1,10 @@
 """Shared checks for frozenbn's tests (our own, not `keras.src.testing`)."""
 
+import contextlib
 import importlib.util
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -83,6 +85,14 @@ def committed_result(name: str) -> dict:
     """A committed benchmark results file (`benchmarks/results/NAME`)."""
     with open(os.path.join(RESULTS, name), encoding="utf-8") as f:
         return json.load(f)
+
+
+@contextlib.contextmanager
+def no_frozenbn_warnings(category):
+    """Fails the block on a warning of `category` that names frozenbn."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*frozenbn", category)
+        yield
 
 
 def load_script(path: str):

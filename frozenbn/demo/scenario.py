@@ -254,7 +254,7 @@ def audit_backbone(backbone, x, batch_size) -> dict:
     """
     from frozenbn.audit import audit
 
-    report = audit(backbone, x, batch_size=batch_size)
+    report = audit(backbone, x, batch_size=batch_size, verbose=0)
     scores = [layer.score for layer in report.layers]
     return {
         "max_score": float(max(scores)),
