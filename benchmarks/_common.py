@@ -34,9 +34,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from frozenbn._report import environment_info  # noqa: E402
-from frozenbn._report import environment_line  # noqa: E402
 from frozenbn._report import write_json  # noqa: E402
+from frozenbn.demo.machine import environment_info  # noqa: E402
+from frozenbn.demo.machine import environment_line  # noqa: E402
 
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 

@@ -53,8 +53,8 @@ import speed_memory  # noqa: E402
 import speed_peer  # noqa: E402
 import speed_report  # noqa: E402
 import speed_timing  # noqa: E402
-from frozenbn._report import environment_info  # noqa: E402
 from frozenbn._report import fmt  # noqa: E402
+from frozenbn.demo.machine import environment_info  # noqa: E402
 
 SECTIONS = ("train", "inference", "convert", "memory")
 MEMORY_ARMS = "stock,keras_trainable_false,frozenbn,fused,folded"

@@ -45,6 +45,7 @@ import keras  # noqa: E402
 
 import frozenbn  # noqa: E402
 from frozenbn import _report  # noqa: E402
+from frozenbn.demo import machine  # noqa: E402
 
 TARGET = 1.2  # recalibrate time / predict time, at most (DESIGN.md)
 
@@ -128,7 +129,7 @@ def bench_recalibrate(
             for name, t in timings.items()
         },
         "target": {"recalibrate_vs_predict_at_most": TARGET},
-        "load_average_after": _report.environment_info()["load_average"],
+        "load_average_after": machine.environment_info()["load_average"],
     }
     result["target"]["met"] = bool(
         result["paired_ratio_vs_predict"]["recalibrate"] <= TARGET
@@ -214,7 +215,7 @@ def _markdown(result) -> str:
         f"# recalibrate vs predict, {config['model']} "
         f"{config['image_size']}x{config['image_size']}, backend "
         f"{env['backend']}\n\n"
-        f"{_report.environment_line(env)}\n\n"
+        f"{machine.environment_line(env)}\n\n"
         f"{config['images']} images, batch {config['batch_size']}, "
         f"{config['repeats']} interleaved repeats after one untimed call per "
         f"arm (its time is the first-call column: tracing/compilation). "

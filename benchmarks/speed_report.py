@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from frozenbn._report import environment_line
 from frozenbn._report import fmt
 from frozenbn._report import format_table
+from frozenbn.demo.machine import environment_line
 
 # Targets from DESIGN.md ("Benchmarks and targets / Speed") and issue 15:
 # name -> (minimum, where it comes from). Each value is a paired ratio

@@ -96,31 +96,21 @@ def recommend(
     """Names the remedy that an audit's measurements point to.
 
     Args:
-        scores: Per BN layer, the audit's drift score (mean shift plus mean
-            |log variance ratio|); non-finite scores count as drift.
+        scores: Per BN layer, the audit's drift score; non-finite is drift.
         batch_statistics_in_fit: Per BN layer, whether `fit` normalizes it
-            with batch statistics (same order as `scores`).
+            with batch statistics.
         ratio: The evaluate/fit loss ratio, or `None` without labels.
-        batch_size: The batch size `fit` runs at (the audit's), or `None`
-            if unknown.
+        batch_size: The batch size `fit` runs at, or `None` if unknown.
         drift_score: Worst score above which statistics do not fit.
         gap_ratio: Ratio above which the model has the gap.
-        small_batch: Batch size below which `fit`'s batch statistics are
-            too noisy to train on.
-
-    Returns:
-        A `Recommendation`.
+        small_batch: Batch size below which batch statistics are too noisy.
 
     Example:
 
-    >>> recommend([0.2, 0.1], [True, True]).remedy
-    'recalibrate'
-    >>> recommend([2.4, 0.1], [True, True]).remedy
-    'freeze'
-    >>> recommend([2.4, 0.1], [False, False]).remedy
-    'recalibrate then freeze'
-    >>> recommend([0.2, 0.1], [True, True], batch_size=8).remedy
-    'freeze'
+    >>> [recommend([0.2], [True]).remedy, recommend([2.4], [True]).remedy,
+    ...  recommend([2.4], [False]).remedy,
+    ...  recommend([0.2], [True], batch_size=8).remedy]
+    ['recalibrate', 'freeze', 'recalibrate then freeze', 'freeze']
     """
     if len(scores) != len(batch_statistics_in_fit):
         raise ValueError(
@@ -130,19 +120,14 @@ def recommend(
         )
     if not scores:
         return Recommendation(NONE, "no BatchNormalization layer saw the data")
-    worst = max(
-        (s if math.isfinite(s) else math.inf for s in scores)
-    )
+    worst = max(s if math.isfinite(s) else math.inf for s in scores)
     in_fit = sum(bool(b) for b in batch_statistics_in_fit)
-    has_gap = ratio is not None and (
-        not math.isfinite(ratio) or ratio > gap_ratio
-    )
+    has_gap = ratio is not None and (not math.isfinite(ratio)
+                                     or ratio > gap_ratio)
     small = batch_size is not None and batch_size < small_batch
-    measured = f"worst layer drift score {worst:.3g}"
-    if batch_size is not None:
-        measured += f" at batch size {batch_size}"
-    if ratio is not None:
-        measured += f", evaluate/fit loss ratio {ratio:.3g}"
+    measured = f"worst layer drift score {worst:.3g}" + (
+        "" if batch_size is None else f" at batch size {batch_size}") + (
+        "" if ratio is None else f", evaluate/fit loss ratio {ratio:.3g}")
     if has_gap and in_fit:
         return Recommendation(
             RECALIBRATE,
@@ -165,9 +150,24 @@ def recommend(
             "that evaluate does not run; frozenbn.convert (frozen) to "
             "fine-tune, at a small learning rate (Adam 1e-5)",
         )
+    if in_fit:  # no gap, little drift, batches large enough
+        return Recommendation(
+            RECALIBRATE,
+            f"{measured}; drift at most {drift_score:g}: fit's batch "
+            f"statistics in {in_fit} layer(s) stay close to the moving ones; "
+            "train as usual, then frozenbn.recalibrate(model, train_data) "
+            "before you evaluate or save (frozenbn.convert instead if fit "
+            "must equal evaluate while you train)",
+        )
+    return _moving_statistics_only(measured, worst, has_gap, drift_score,
+                                   gap_ratio)
+
+
+def _moving_statistics_only(measured, worst, has_gap, drift_score,
+                            gap_ratio) -> Recommendation:
+    """`recommend` where `fit` normalizes every layer with its moving
+    statistics: they are what does not fit the data, if anything."""
     if worst > drift_score or has_gap:
-        # Every layer already normalizes with its moving statistics in fit:
-        # they are what does not fit the data.
         why = (
             f"drift above {drift_score:g}"
             if worst > drift_score
@@ -179,15 +179,6 @@ def recommend(
             "statistics: the moving statistics do not fit this data; "
             "recompute them with frozenbn.recalibrate on it (frozen layers "
             "stay frozen)",
-        )
-    if in_fit:
-        return Recommendation(
-            RECALIBRATE,
-            f"{measured}; drift at most {drift_score:g}: fit's batch "
-            f"statistics in {in_fit} layer(s) stay close to the moving ones; "
-            "train as usual, then frozenbn.recalibrate(model, train_data) "
-            "before you evaluate or save (frozenbn.convert instead if fit "
-            "must equal evaluate while you train)",
         )
     return Recommendation(
         NONE,

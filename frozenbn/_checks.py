@@ -137,3 +137,17 @@ def check_is_layer(obj: Any, function_name: str) -> None:
             "`keras.Model` (load a file with `keras.models.load_model` "
             "first)."
         )
+
+
+def one_line(error: Any, limit: Optional[int] = 300) -> str:
+    """An error (or warning) message on one line, cut at `limit` characters.
+
+    Example:
+
+    >>> one_line(ValueError("bad    value"))
+    'bad value'
+    """
+    text = " ".join(str(error).split()) or type(error).__name__
+    if limit is None or len(text) <= limit:
+        return text
+    return text[: limit - 3] + "..."

@@ -17,6 +17,7 @@ from typing import Tuple
 
 import keras
 
+from frozenbn import _checks
 from frozenbn import _walk
 from frozenbn.layers import BatchNormalization
 from frozenbn.layers import keras_classes
@@ -88,7 +89,7 @@ def copy_layer(layer, config: Optional[dict] = None):
         with keras_classes():  # also inside a user's `frozenbn.patch` block
             clone = layer.__class__.from_config(config)
     except Exception as error:  # noqa: BLE001 - any failure means the same
-        raise UncopyableLayer(layer, _one_line(error)) from error
+        raise UncopyableLayer(layer, _checks.one_line(error)) from error
     if not isinstance(layer, keras.layers.Layer) or not _shares_variables(
         layer, clone
     ):
@@ -99,7 +100,7 @@ def copy_layer(layer, config: Optional[dict] = None):
                 keras.saving.serialize_keras_object(layer)
             )
     except Exception as error:  # noqa: BLE001
-        raise UncopyableLayer(layer, _one_line(error)) from error
+        raise UncopyableLayer(layer, _checks.one_line(error)) from error
     if _shares_variables(layer, clone):
         raise UncopyableLayer(
             layer, "its config holds its own variables, so a copy shares them"
@@ -184,16 +185,11 @@ def _copy_from_config(model: keras.Model) -> keras.Model:
     except Exception as error:
         raise RuntimeError(
             f"Copying model '{model.name}' of class {type(model).__name__} "
-            f"failed: its config does not rebuild it ({_one_line(error)}). "
+            f"failed: its config does not rebuild it ({_checks.one_line(error)}). "
             "Convert it in place with `frozenbn.convert(model, inplace=True)` "
             "(copy it yourself first if you need the original), or register "
             "the failing class with `keras.saving.register_keras_serializable`."
         ) from error
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _clone_layer(layer, seeded: dict, clones: list):

@@ -31,6 +31,7 @@ import logging
 import keras
 import numpy as np
 
+from frozenbn import _checks
 from frozenbn import _distribute
 
 logger = logging.getLogger("frozenbn")
@@ -89,7 +90,8 @@ class Step:
                         "by op, slower) because its compiled step failed: "
                         "%s",
                         self._model.name,
-                        _first_line(compiled_error),
+                        f"{type(compiled_error).__name__}: "
+                        f"{_checks.one_line(compiled_error)}",
                     )
                     self._eager = True
             else:
@@ -279,8 +281,3 @@ def _no_grad():
 
         return torch.no_grad()
     return contextlib.nullcontext()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"

@@ -1,69 +1,47 @@
 """The numeric core shared by frozenbn's tools.
 
-- `fold_scale_bias`: the affine form `y = x * scale + bias` of a BN layer in
-  inference mode, used by `fold` (and available to the frozen path).
+- `scale_and_shift`: a linear layer followed by a BN layer in inference
+  mode as one kernel scale and one shift, used by `fold` and `fuse`.
 - `batch_moments`: per-channel mean, biased variance and sample count of one
   batch, with Keras BN's mask convention, in `keras.ops`.
-- `PooledMoments`: the exact population mean and variance of a stream of
-  batches from their per-batch moments (the precise-BN estimator), on the
-  host in float64.
-- `pool_moments` / `all_reduce_moments`: the same pooling as tensors, in
-  `keras.ops`, for a compiled pass (batch after batch, and across replicas
+- `pool_moments` / `all_reduce_moments`: the exact population mean and
+  variance of a stream of batches from their per-batch moments (the
+  precise-BN estimator, Chan et al.'s pairwise update), as tensors in
+  `keras.ops` for a compiled pass (batch after batch, and across replicas
   or workers with nothing but sums).
+- `PooledMoments`: the result on the host, in float64.
 """
 
 from typing import Optional
-from typing import Sequence
-from typing import Tuple
 
 import numpy as np
 from keras import ops
 
 
-def fold_scale_bias(
-    gamma: Optional[np.ndarray],
-    beta: Optional[np.ndarray],
-    mean: np.ndarray,
-    var: np.ndarray,
-    eps: float,
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Returns `(scale, bias)` with `BN(x) = x * scale + bias` in inference.
+def scale_and_shift(gamma, beta, mean, variance, epsilon, bias, rsqrt):
+    """`(scale, shift)` with `BN(layer(x)) = layer_without_bias(x) * scale +
+    shift` for a BN layer in inference mode after a linear layer.
 
-    `scale = gamma / sqrt(var + eps)` and `bias = beta - mean * scale`, the
-    algebra of torch's `fuse_conv_bn_weights` and TFMOT. The arithmetic is
-    done in float64 and returned in float64: the caller multiplies it into
-    the kernel and bias in float64 too and rounds once, when it writes the
-    folded weights in the layer's dtype (`frozenbn.fold`).
-
-    Args:
-        gamma: Per-channel scale, or `None` for a layer with `scale=False`
-            (treated as ones).
-        beta: Per-channel offset, or `None` for a layer with `center=False`
-            (treated as zeros).
-        mean: Per-channel moving mean.
-        var: Per-channel moving variance (for renorm layers, the derived
-            `moving_variance`, not `moving_stddev`).
-        eps: The layer's `epsilon`.
-
-    Returns:
-        A tuple of two float64 NumPy arrays of shape `mean.shape`.
+    `scale = gamma * rsqrt(variance + epsilon)` and `shift = (bias - mean) *
+    scale + beta`, the algebra of torch's `fuse_conv_bn_weights`. `gamma`,
+    `beta` and `bias` may be `None` (`scale=False`, `center=False`, no
+    bias). One rule for `fold`, in float64 NumPy (`rsqrt` is `1 / sqrt`),
+    and `fuse`, in `keras.ops` (`ops.rsqrt`), so gradients reach every input.
 
     Example:
 
-    >>> scale, bias = fold_scale_bias(None, None, np.array([1.0]),
-    ...                               np.array([4.0]), 0.0)
-    >>> scale.tolist(), bias.tolist()
+    >>> scale, shift = scale_and_shift(None, None, np.array([1.0]),
+    ...     np.array([4.0]), 0.0, None, lambda v: 1 / np.sqrt(v))
+    >>> scale.tolist(), shift.tolist()
     ([0.5], [-0.5])
     """
-    mean = np.asarray(mean, dtype=np.float64)
-    var = np.asarray(var, dtype=np.float64)
-    gamma = (
-        np.ones_like(mean) if gamma is None else np.asarray(gamma, np.float64)
-    )
-    beta = np.zeros_like(mean) if beta is None else np.asarray(beta, np.float64)
-    scale = gamma / np.sqrt(var + float(eps))
-    bias = beta - mean * scale
-    return scale, bias
+    scale = rsqrt(variance + epsilon)
+    if gamma is not None:
+        scale = gamma * scale
+    shift = -mean * scale if bias is None else (bias - mean) * scale
+    if beta is not None:
+        shift = shift + beta
+    return scale, shift
 
 
 def batch_moments(x, axis: int, mask=None):
@@ -123,29 +101,16 @@ def _wide_float(dtype) -> str:
 
 
 class PooledMoments:
-    """Exact population mean and variance pooled from per-batch moments.
+    """The pooled mean, biased variance and count of one BN layer's inputs.
 
-    Each batch contributes its per-channel mean `m_b`, its *biased* variance
-    `v_b` (what `keras.ops.moments` returns) and its count `N_b` (positions
-    per channel: batch size times spatial size, or the unmasked count). The
-    result is the mean and biased variance of all positions of all batches
-    together, exactly as if they had been one batch: fvcore's
-    `_PopulationVarianceEstimator` (`sq_b = m_b^2 + v_b`, weights `N_b`),
-    computed with Chan et al.'s pairwise update, which is algebraically the
-    same but does not cancel catastrophically when `|mean| >> std`.
-    Accumulation is in float64.
-
-    Reference:
-        - [Wu and Johnson, 2021](https://arxiv.org/abs/2105.07576),
-          "Rethinking 'Batch' in BatchNorm", Sec. 3.
-        - Chan, Golub and LeVeque, 1979, "Updating formulae and a pairwise
-          algorithm for computing sample variances".
+    The host-side result of a statistics pass: `from_state` reads the
+    `(count, mean, m2)` state that `pool_moments` accumulated on the device
+    (float64 from here on). Before any batch, `mean` and `variance` are
+    `None` and `count` is 0.
 
     Example:
 
-    >>> pooled = PooledMoments()
-    >>> pooled.update([1.0], [0.0], 1)  # the batch {1}
-    >>> pooled.update([4.0], [1.0], 2)  # the batch {3, 5}
+    >>> pooled = PooledMoments.from_state(3.0, [3.0], [8.0])
     >>> pooled.mean.tolist(), pooled.variance.tolist(), pooled.count
     ([3.0], [2.6666666666666665], 3.0)
     """
@@ -168,31 +133,6 @@ class PooledMoments:
             pooled._m2 = np.asarray(m2, np.float64).reshape(-1)
         return pooled
 
-    def update(
-        self, mean: Sequence[float], var: Sequence[float], count
-    ) -> None:
-        """Adds one batch's per-channel mean, biased variance and count."""
-        mean = np.asarray(mean, dtype=np.float64).reshape(-1)
-        var = np.asarray(var, dtype=np.float64).reshape(-1)
-        count = float(count)
-        if count <= 0:
-            return
-        if self.mean is None:
-            self.count, self.mean, self._m2 = count, mean, var * count
-            return
-        if mean.shape != self.mean.shape:
-            raise ValueError(
-                f"Batch statistics have {mean.shape[0]} channels but earlier "
-                f"batches had {self.mean.shape[0]}."
-            )
-        total = self.count + count
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (count / total)
-        self._m2 = (
-            self._m2 + var * count + delta**2 * (self.count * count / total)
-        )
-        self.count = total
-
     @property
     def variance(self) -> Optional[np.ndarray]:
         """The biased population variance, or `None` before any batch."""
@@ -204,19 +144,14 @@ class PooledMoments:
 def pool_moments(state, mean, var, count):
     """Adds one batch's moments to a pooled state, in `keras.ops`.
 
-    The tensor form of `PooledMoments.update` (Chan et al.'s pairwise
-    update), for a compiled statistics pass that keeps its state on the
-    device: `state` is `(count, mean, m2)` — a scalar, and two per-channel
-    vectors, `m2` being the sum of squared deviations from `mean` — in
-    float32. A batch with `count == 0` (an empty shard, a fully masked
-    batch) leaves the state unchanged even though its moments are NaN.
-
-    Float32 is enough when the moments are taken about a reference value
-    close to the data (the caller subtracts it from the inputs first, and
-    adds it back to the final mean): means are then numbers of the size of
-    the spread rather than of the mean, and no precision is lost when
-    `|mean| >> std` (the shifted-data algorithm). Without the shift, the
-    rounding of a float32 mean of ~1000 moves a variance of 0.25 by 2e-5.
+    The mean and biased variance of all positions of all batches, exactly
+    as if they were one batch (fvcore's population-variance estimator, never
+    a mean of means), by Chan, Golub and LeVeque's pairwise update, which
+    does not cancel when `|mean| >> std`. `state` is `(count, mean, m2)` in
+    float32, `m2` the sum of squared deviations from `mean`. A batch with
+    `count == 0` (an empty shard, a fully masked batch) changes nothing. The
+    caller takes the moments about a value close to the data (and adds it
+    back to the final mean), so float32 loses nothing to a large mean.
 
     Args:
         state: The pooled `(count, mean, m2)` so far; zeros to start.

@@ -46,6 +46,19 @@ DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 LINEAR_TYPES = OUT_LAST + TRANSPOSE + DEPTHWISE + SEPARABLE
 
+
+def scaled_kernel(layer) -> tuple:
+    """`(kernel, shape)`: the kernel of `layer` that holds its output
+    channels, and the shape a per-output-channel vector takes to multiply
+    it (the one kernel-layout rule of `fold` and `fuse`)."""
+    if isinstance(layer, SEPARABLE):
+        return layer.pointwise_kernel, (-1,)
+    if isinstance(layer, DEPTHWISE):
+        return layer.kernel, tuple(layer.kernel.shape[-2:])
+    if isinstance(layer, TRANSPOSE):
+        return layer.kernel, (-1, 1)
+    return layer.kernel, (-1,)
+
 # What a BN layer's check returns: a reason to leave it, or None.
 PairCheck = Callable[[keras.layers.Layer, keras.layers.Layer], Optional[str]]
 Pair = Tuple[str, str]

@@ -33,16 +33,20 @@ _PROGRAMS_ATTRIBUTE = "_frozenbn_statistics_programs"
 _PROGRAMS_PER_MODEL = 4
 
 
-def split_measurable(layers: list):
-    """`(measurable, skipped)`: `skipped` pairs a layer with the reason."""
-    measurable, skipped = [], []
-    for layer in layers:
+def measurable_layers(model, include, logger, consequence: str = ""):
+    """`(layers, skipped)`: the BN layers of `model` a pass can measure, and
+    how many custom subclasses it leaves, each named in a warning."""
+    layers, skipped = [], 0
+    for layer in _walk.batch_norm_layers(model, include):
         reason = _walk.custom_batch_norm_reason(layer)
         if reason is None:
-            measurable.append(layer)
-        else:
-            skipped.append((layer, reason))
-    return measurable, skipped
+            layers.append(layer)
+            continue
+        skipped += 1
+        logger.warning("%s: skipped BatchNormalization layer '%s', %s%s.",
+                       logger.name.rsplit(".", 1)[-1], layer.name, reason,
+                       consequence)
+    return layers, skipped
 
 
 def uses_batch_statistics_in_fit(model: keras.layers.Layer) -> Dict[int, bool]:
@@ -140,7 +144,7 @@ class StatisticsPass:
     Args:
         model: The model to run.
         layers: The BN layers to measure (exact Keras/frozenbn classes, see
-            `split_measurable`).
+            `measurable_layers`).
         mode: `BATCH` or `AS_IN_FIT`.
         batch_in_fit: `uses_batch_statistics_in_fit(model)`, for `AS_IN_FIT`.
         outputs: Whether `step` returns the model's outputs `(as_in_fit,

@@ -17,7 +17,6 @@ from frozenbn import _data
 from frozenbn import _math
 from frozenbn import _report
 from frozenbn import _stats
-from frozenbn import _walk
 
 logger = logging.getLogger(__name__)
 
@@ -257,19 +256,10 @@ def audit(
     _checks.check_is_layer(model, "audit")
     verbose = _checks.check_verbose(verbose)
     loss_fn = _loss_function(model, loss)
-    layers, skipped = _stats.split_measurable(_walk.batch_norm_layers(model))
-    for layer, reason in skipped:
-        logger.warning(
-            "audit: skipped BatchNormalization layer '%s', %s.",
-            layer.name,
-            reason,
-        )
+    layers, _ = _stats.measurable_layers(model, None, logger)
 
-    totals = {"train": 0.0, "inference": 0.0, "weight": 0.0}
-    max_diff, diff_sum, diff_count, samples, steps_done = 0.0, 0.0, 0, 0, 0
-    largest = 0
-    has_loss = loss_fn is not None
     batch_in_fit = _stats.uses_batch_statistics_in_fit(model)
+    tally = _Tally(loss_fn)
     with _stats.StatisticsPass(
         model,
         layers,
@@ -283,41 +273,9 @@ def audit(
             verbose=verbose, unit_name="step")
         for batch, y, w in _data.iter_xy(x, steps=steps,
                                          batch_size=batch_size):
-            fit_out, infer_out = stats.step(batch)
-            n = _batch_size(batch)
-            largest = max(largest, n)
-            samples += n
-            steps_done += 1
-            for a, b in zip(
-                keras.tree.flatten(fit_out), keras.tree.flatten(infer_out)
-            ):
-                diff = np.abs(
-                    ops.convert_to_numpy(a).astype(np.float64)
-                    - ops.convert_to_numpy(b).astype(np.float64)
-                )
-                if diff.size:
-                    max_diff = max(max_diff, float(diff.max()))
-                    diff_sum += float(diff.sum())
-                    diff_count += diff.size
-            if has_loss and y is None:
-                has_loss = False
-                logger.warning(
-                    "audit: the data has no labels, so losses are not "
-                    "computed. Pass (x, y) to compare the losses."
-                )
-            if has_loss:
-                totals["train"] += n * loss_fn(batch, y, fit_out, w)
-                totals["inference"] += n * loss_fn(batch, y, infer_out, w)
-                totals["weight"] += n
-            progbar.update(steps_done)
+            tally.add(batch, y, w, *stats.step(batch))
+            progbar.update(tally.steps)
         pooled = stats.result()
-
-    if has_loss and totals["weight"]:
-        train_loss = totals["train"] / totals["weight"]
-        inference_loss = totals["inference"] / totals["weight"]
-        ratio = inference_loss / train_loss if train_loss > 0 else None
-    else:
-        train_loss = inference_loss = ratio = None
 
     audits = [
         _layer_audit(layer, pooled[layer], batch_in_fit[id(layer)])
@@ -325,18 +283,60 @@ def audit(
         if pooled.called(layer)
     ]
     audits.sort(key=lambda a: a.score, reverse=True)
-    return AuditReport(
-        model_name=model.name,
-        layers=audits,
-        train_loss=train_loss,
-        inference_loss=inference_loss,
-        ratio=ratio,
-        max_output_diff=max_diff,
-        mean_output_diff=diff_sum / diff_count if diff_count else 0.0,
-        samples=samples,
-        steps=steps_done,
-        batch_size=largest or None,
-    )
+    return AuditReport(model_name=model.name, layers=audits, **tally.result())
+
+
+class _Tally:
+    """What `audit` sums over batches: sizes, output differences, losses."""
+
+    def __init__(self, loss_fn):
+        self.loss_fn = loss_fn
+        self.steps = self.samples = self.largest = self.diff_count = 0
+        self.max_diff = self.diff_sum = 0.0
+        self.losses = {"train": 0.0, "inference": 0.0, "weight": 0.0}
+
+    def add(self, x, y, w, fit_out, infer_out) -> None:
+        n = _batch_size(x)
+        self.largest = max(self.largest, n)
+        self.samples += n
+        self.steps += 1
+        for a, b in zip(keras.tree.flatten(fit_out),
+                        keras.tree.flatten(infer_out)):
+            diff = np.abs(ops.convert_to_numpy(a).astype(np.float64)
+                          - ops.convert_to_numpy(b).astype(np.float64))
+            if diff.size:
+                self.max_diff = max(self.max_diff, float(diff.max()))
+                self.diff_sum += float(diff.sum())
+                self.diff_count += diff.size
+        if self.loss_fn is not None and y is None:
+            self.loss_fn = None
+            logger.warning(
+                "audit: the data has no labels, so losses are not "
+                "computed. Pass (x, y) to compare the losses."
+            )
+        if self.loss_fn is not None:
+            self.losses["train"] += n * self.loss_fn(x, y, fit_out, w)
+            self.losses["inference"] += n * self.loss_fn(x, y, infer_out, w)
+            self.losses["weight"] += n
+
+    def result(self) -> dict:
+        """`AuditReport`'s fields other than the model name and layers."""
+        train = inference = ratio = None
+        if self.loss_fn is not None and self.losses["weight"]:
+            train = self.losses["train"] / self.losses["weight"]
+            inference = self.losses["inference"] / self.losses["weight"]
+            ratio = inference / train if train > 0 else None
+        return dict(
+            train_loss=train,
+            inference_loss=inference,
+            ratio=ratio,
+            max_output_diff=self.max_diff,
+            mean_output_diff=(self.diff_sum / self.diff_count
+                              if self.diff_count else 0.0),
+            samples=self.samples,
+            steps=self.steps,
+            batch_size=self.largest or None,
+        )
 
 
 def _layer_audit(layer, stats: _math.PooledMoments, batch_in_fit) -> LayerAudit:

@@ -9,7 +9,6 @@ set `FROZENBN_DEBUG=1` to get the traceback instead.
 import argparse
 import os
 import sys
-import time
 import warnings
 import zipfile
 from typing import Optional
@@ -204,58 +203,14 @@ def _add_recalibrate(commands) -> None:
 
 
 def _run_demo(args) -> int:
-    from frozenbn.demo import arms as demo_arms
-    from frozenbn.demo import images as demo_images
-    from frozenbn.demo import results as demo_results
-    from frozenbn.demo import scenario
+    from frozenbn import demo
 
-    start = time.perf_counter()
-    arms = _parse_arms(args.arms, demo_arms)
-    config = _demo_config(args, scenario)
-    data = _demo_data(args, demo_images)
-    result = scenario.run_scenario(data, config, arms, verbose=1)
-    paths = demo_results.write_results(
-        result, args.out, "results", title="frozenbn demo: fit vs evaluate"
+    demo.run_demo(
+        args.out, weights=args.weights, data=args.data, epochs=args.epochs,
+        image_size=args.image_size, batch_size=args.batch_size,
+        seed=args.seed, arms=args.arms, quick=args.quick,
     )
-    print()
-    print(result.table())
-    print()
-    print(demo_results.verdict(result))
-    print(f"wrote {', '.join(paths)} in {time.perf_counter() - start:.0f} s")
     return 0
-
-
-def _demo_config(args, scenario):
-    quick = args.quick
-    defaults = scenario.ScenarioConfig()
-    return scenario.ScenarioConfig(
-        image_size=args.image_size,
-        weights=None if args.weights.lower() == "none" else args.weights,
-        pretrain_epochs=0 if quick else defaults.pretrain_epochs,
-        epochs=args.epochs or (2 if quick else defaults.epochs),
-        head_epochs=1 if quick else defaults.head_epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        max_source=128 if quick else None,
-        max_target=128 if quick else None,
-        deterministic=True,
-    )
-
-
-def _demo_data(args, demo_images):
-    shipped = demo_images.load_demo_data()
-    if args.data is None:
-        return shipped
-    x, y, names = demo_images.load_image_folder(args.data, args.image_size)
-    if len(names) != 2:
-        raise CliError(
-            f"the demo classifies two classes; {args.data} has "
-            f"{len(names)} class subfolder(s): {', '.join(names)}"
-        )
-    target = demo_images.split_heldout(x, y, seed=args.seed)
-    if len(target.heldout.x) == 0:
-        raise CliError(f"too few images in {args.data} to hold some out")
-    return demo_images.DemoData(shipped.source, target)
 
 
 def _run_convert(args) -> int:
@@ -376,18 +331,6 @@ def _input_size(model) -> int:
     return int(shape[1])
 
 
-def _parse_arms(text: Optional[str], demo_arms) -> tuple:
-    if text is None:
-        return demo_arms.DEMO_ARMS
-    arms = tuple(a.strip() for a in text.split(",") if a.strip())
-    unknown = [a for a in arms if a not in demo_arms.ARMS]
-    if unknown:
-        raise CliError(
-            f"unknown arm(s) {', '.join(unknown)}; choose from {_arm_names()}"
-        )
-    return arms
-
-
 def _arm_names() -> str:
     return ("stock, keras_backbone_frozen, keras_bn_frozen, frozenbn, "
             "frozenbn_recalibrated, stock_recalibrated, keras_guide, "
@@ -414,12 +357,11 @@ def _image_size(text: str) -> int:
     return value
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    text = " ".join(text.split())
-    if isinstance(error, (CliError, FileNotFoundError)):
-        return text
-    return text if len(text) <= 400 else text[:397] + "..."
+def _one_line(error) -> str:
+    from frozenbn import _checks
+
+    whole = isinstance(error, (CliError, FileNotFoundError))
+    return _checks.one_line(error, limit=None if whole else 400)
 
 
 if __name__ == "__main__":

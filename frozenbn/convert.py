@@ -23,42 +23,22 @@ def convert(
 ) -> keras.layers.Layer:
     """Returns `model` with its BatchNormalization layers made frozenbn's.
 
-    Every `keras.layers.BatchNormalization` selected by `include` becomes a
+    Every `keras.layers.BatchNormalization` that `include` selects becomes a
     `frozenbn.BatchNormalization` with the same config, the same variables
-    (values bit for bit) and `frozen` set as asked. Everything else —
-    structure, names, other layers and their weights, `trainable` flags,
-    shared layers, nested models, compile config — is kept.
-
-    By default the input is not touched: a copy is made with
-    `keras.models.clone_model` (Sequential and Functional models, nested
-    ones included, and models loaded from `.keras` files) and the copy's
-    weights are set from the original's. With `inplace=True` the layers of
-    the given object itself are converted; that also covers subclassed
-    models, whose structure only their Python code knows, and bare layers.
-    A compiled model converted in place must be compiled again, because the
-    train function was traced with the old layers.
-
-    The conversion is idempotent: layers that already are frozenbn's only
-    get `frozen` set.
+    (bit for bit) and `frozen` as asked; everything else is kept. By default
+    a copy is made (Sequential and Functional models, nested ones, models
+    loaded from `.keras`) and `model` is not touched; `inplace=True`
+    converts the given object, subclassed models included (compile it
+    again then). Idempotent. docs/usage.md has the details.
 
     Args:
         model: A built `keras.Model` (or, with `inplace=True`, any layer).
-        frozen: Python bool, the `frozen` value of the converted layers.
-            Defaults to `True`.
-        include: Optional callable `include(layer) -> bool` choosing which
-            BatchNormalization layers to convert (called on the layers of
-            `model`). Defaults to all.
-        inplace: Python bool. Convert `model` itself instead of a copy.
-            Defaults to `False`.
+        frozen: The `frozen` value of the converted layers.
+        include: Optional `include(layer) -> bool` choosing the BN layers.
+        inplace: Convert `model` itself instead of a copy.
 
     Returns:
         The converted model: a new object, or `model` if `inplace=True`.
-
-    Raises:
-        TypeError: `model` is not a Keras layer, or is a subclassed model
-            and `inplace=False`.
-        ValueError: `model` is not built, or contains a custom subclass of
-            `keras.layers.BatchNormalization` selected by `include`.
 
     Example:
 

@@ -38,49 +38,22 @@ class FoldReport:
 def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
     """Returns an inference copy of `model` with BN folded into its producer.
 
-    In inference mode a BatchNormalization layer is the per-channel affine
-    map `x * scale + bias` with `scale = gamma / sqrt(moving_variance +
-    epsilon)` and `bias = beta - moving_mean * scale`. When it directly
-    follows a linear layer, that map can be merged into the layer's kernel
-    and bias, removing one pass over the activations. `fold` does this for
-    every BN layer that
-
-    - directly follows a `Conv1D`/`Conv2D`/`Conv3D`, `Conv1DTranspose`/
-      `Conv2DTranspose`/`Conv3DTranspose`, `DepthwiseConv1D`/
-      `DepthwiseConv2D`, `SeparableConv1D`/`SeparableConv2D` (folded into
-      the pointwise kernel) or `Dense` layer (stock Keras classes, not
-      quantized, no LoRA),
-    - is that layer's output's only consumer (not shared with another
-      branch or a model output), neither layer being called more than once,
-    - with a linear activation in that layer (nothing in between),
-    - and normalizes that layer's channel axis (`channels_first` handled).
-
-    The layer is rebuilt with `use_bias=True` and the folded weights, and
-    the BN disappears from the copy. Everything else is copied unchanged,
-    including BN layers that cannot be folded; `FoldReport` says which were
-    folded and why the others were left. The folding arithmetic is done in
-    float64 (`frozenbn._math.fold_scale_bias`) and cast once to the
-    layer's variable dtype. Works on Functional and Sequential models and
-    recursively on the Functional and Sequential models nested in them.
-    frozenbn's `BatchNormalization` folds like Keras's (whatever `frozen`
-    says, inference uses the moving statistics).
-
-    The copy computes what `model(x, training=False)` computes, up to
-    float32 rounding (about 1e-6 relative). It is meant for inference and
-    export only: the folded layers no longer have BN's training behaviour,
-    so do not train it. `model` is not modified.
+    In inference mode a BN layer is a per-channel affine map; after a
+    linear layer it merges into that layer's kernel and bias
+    (`frozenbn._math.scale_and_shift`, in float64, rounded once). `fold`
+    does this for every BN whose input is the only use of a stock Conv,
+    transposed, depthwise, separable or Dense layer's output, with a linear
+    activation and the same channel axis, in nested Functional and
+    Sequential models too. The copy computes what `model(x,
+    training=False)` computes up to float32 rounding; it is for inference
+    and export, not training. `model` is not modified. docs/usage.md lists
+    the rules; the report says why each other BN was left.
 
     Args:
         model: A built Functional or Sequential `keras.Model`.
 
     Returns:
         `(folded_model, report)`.
-
-    Raises:
-        TypeError: `model` is not a Functional or Sequential model (a
-            subclassed model's structure lives in its Python code; rebuild
-            it as a Functional model to fold it).
-        ValueError: `model` is not built.
 
     Example:
 
@@ -124,29 +97,20 @@ def _folded_weights(layer, bn) -> Dict[str, np.ndarray]:
     """The folded variables of `layer` (followed by `bn`), by name, float64."""
 
     def value(variable):
-        return (
-            None if variable is None else keras.ops.convert_to_numpy(variable)
-        )
+        if variable is None:
+            return None
+        return keras.ops.convert_to_numpy(variable).astype(np.float64)
 
-    scale, shift = _math.fold_scale_bias(
-        value(bn.gamma),
-        value(bn.beta),
-        value(bn.moving_mean),
-        value(bn.moving_variance),
-        bn.epsilon,
+    scale, shift = _math.scale_and_shift(
+        value(bn.gamma), value(bn.beta), value(bn.moving_mean),
+        value(bn.moving_variance), float(bn.epsilon),
+        value(layer.bias) if layer.use_bias else None,
+        lambda v: 1.0 / np.sqrt(v),
     )
-    bias = value(layer.bias) if layer.use_bias else np.zeros(scale.shape)
-    folded = {"bias": bias.astype(np.float64) * scale + shift}
+    kernel, shape = _pairs.scaled_kernel(layer)
+    folded = {"bias": shift, kernel.name: value(kernel) * scale.reshape(shape)}
     if isinstance(layer, _pairs.SEPARABLE):
         folded["depthwise_kernel"] = value(layer.depthwise_kernel)
-        folded["pointwise_kernel"] = value(layer.pointwise_kernel) * scale
-    elif isinstance(layer, _pairs.DEPTHWISE):
-        kernel = value(layer.kernel)
-        folded["kernel"] = kernel * scale.reshape(kernel.shape[-2:])
-    elif isinstance(layer, _pairs.TRANSPOSE):
-        folded["kernel"] = value(layer.kernel) * scale[:, None]
-    else:
-        folded["kernel"] = value(layer.kernel) * scale
     return folded
 
 

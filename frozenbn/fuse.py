@@ -12,6 +12,7 @@ from keras import ops
 
 from frozenbn import _clone
 from frozenbn import _graph
+from frozenbn import _math
 from frozenbn import _native
 from frozenbn import _pairs
 from frozenbn import _walk
@@ -42,48 +43,22 @@ class FuseReport:
 def fuse(model: keras.Model) -> Tuple[keras.Model, FuseReport]:
     """Returns a training copy of `model` with frozen BN fused into its layer.
 
-    A frozen `frozenbn.BatchNormalization` is the per-channel affine map
-    `x * s + (beta - mean * s)`, `s = gamma / sqrt(moving_variance +
-    epsilon)`, in training too. After a linear layer it can be computed
-    inside that layer: `conv(x, kernel * s) + (bias - mean) * s + beta`.
-    That is the cost of the BN-folded network (one pass over the
-    activations fewer, forward and backward, and no BN input kept for the
-    backward pass), while `kernel`, `bias`, `gamma` and `beta` remain
-    separate variables with their names and `trainable` flags, trained as
-    before; `s` is recomputed from them at every step and the moving
-    statistics never change. This is PyTorch Inductor's
-    "efficient_conv_bn_eval" for Keras.
-
-    Each `FusedBatchNorm` layer of the copy holds a copy of the linear layer
-    (`.layer`) and of the BN (`.batch_norm`). A BN qualifies when it is a
-    frozenbn layer with `frozen=True` and the pair passes `fold`'s rules:
-    the BN directly follows a stock `Conv1D`/`Conv2D`/`Conv3D`, transposed,
-    depthwise or separable convolution or `Dense` layer, is its output's
-    only consumer (not a model output), neither is called twice, the layer
-    has a linear activation, and the BN normalizes its channel axis.
-    `FuseReport` says which pairs were fused and why the other BN layers
-    were left. Works on Functional and Sequential models and on the
-    Functional and Sequential models nested in them.
-
-    The copy computes what `model` computes, outputs and gradients, up to
-    float32 rounding, in training and inference. Setting `frozen=False` on
-    a fused BN (`frozenbn.unfreeze(copy)`) makes its layer run the two
-    layers separately again. The copy saves and loads as a `.keras` file;
-    `frozenbn.unfuse(copy)` gives back separate layers with the trained
-    values (for `fold`, export or checkpoints of the original structure).
-    `model` is not modified. Compile the copy (a compiled Functional model
-    is copied with its compile config, as `clone_model` does).
+    A frozen `frozenbn.BatchNormalization` after a linear layer is computed
+    inside it, `conv(x, kernel * s) + (bias - mean) * s + beta` with `s =
+    gamma / sqrt(moving_variance + epsilon)` (PyTorch Inductor's
+    "efficient_conv_bn_eval"): the cost of the folded network, while the
+    kernel, bias, gamma and beta stay separate variables with their names
+    and `trainable` flags, trained as before. Pairs qualify by `fold`'s
+    rules, with the BN frozen. Outputs and gradients equal the unfused
+    model's up to float32 rounding. The copy saves as `.keras`; `unfuse`
+    gives back separate layers. `model` is not modified; compile the copy.
 
     Args:
-        model: A built Functional or Sequential `keras.Model`, with frozen
+        model: A built Functional or Sequential `keras.Model` with frozen
             `frozenbn.BatchNormalization` layers (`frozenbn.convert(model)`).
 
     Returns:
         `(fused_model, report)`.
-
-    Raises:
-        TypeError: `model` is not a Functional or Sequential model.
-        ValueError: `model` is not built.
 
     Example:
 
@@ -92,12 +67,9 @@ def fuse(model: keras.Model) -> Tuple[keras.Model, FuseReport]:
     ...     keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
     ...     keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU()]))
     >>> fused, report = frozenbn.fuse(model)
-    >>> " -> ".join(type(layer).__name__ for layer in fused.layers)
-    'FusedBatchNorm -> ReLU'
-    >>> report.fused
-    [('conv', 'bn')]
-    >>> names = [w.name for w in fused.trainable_weights]
-    >>> names
+    >>> [type(layer).__name__ for layer in fused.layers], report.fused
+    (['FusedBatchNorm', 'ReLU'], [('conv', 'bn')])
+    >>> [w.name for w in fused.trainable_weights]
     ['kernel', 'bias', 'gamma', 'beta']
     """
     _pairs.check_graph_model(model, "fuse")
@@ -329,47 +301,35 @@ class FusedBatchNorm(keras.layers.Layer):
 
 
 def _scale_and_shift(layer, bn):
-    """`s = gamma / sqrt(variance + epsilon)` and `(bias - mean) * s + beta`.
-
-    In float32 from the variables, so gradients reach bias, gamma and beta.
-    """
+    """`_math.scale_and_shift` in float32 from the variables, so gradients
+    reach bias, gamma and beta."""
 
     def read(variable):
-        return ops.cast(variable, "float32")
+        return None if variable is None else ops.cast(variable, "float32")
 
-    scale = ops.rsqrt(read(bn.moving_variance) + bn.epsilon)
-    if bn.scale:
-        scale = read(bn.gamma) * scale
-    mean = read(bn.moving_mean)
-    if layer.use_bias:
-        shift = (read(layer.bias) - mean) * scale
-    else:
-        shift = ops.negative(mean) * scale
-    if bn.center:
-        shift = shift + read(bn.beta)
-    return scale, shift
+    return _math.scale_and_shift(
+        read(bn.gamma), read(bn.beta), read(bn.moving_mean),
+        read(bn.moving_variance), bn.epsilon,
+        read(layer.bias) if layer.use_bias else None, ops.rsqrt,
+    )
 
 
 def _scaled_op(layer, x, scale, dtype):
     """`layer`'s linear op on `x` with its kernel scaled per output channel."""
-
-    def scaled(kernel):
-        # Output channels on the last axis; a depthwise kernel's are its
-        # last two, (in, multiplier), flattened in that order.
-        kernel = ops.cast(kernel, "float32")
-        if not isinstance(layer, _pairs.DEPTHWISE):
-            return ops.cast(_native.scale_channels(kernel, scale), dtype)
-        shape = tuple(kernel.shape)
-        flat = ops.reshape(kernel, shape[:-2] + (-1,))
-        return ops.cast(
-            ops.reshape(_native.scale_channels(flat, scale), shape), dtype
-        )
-
+    kernel, shape = _pairs.scaled_kernel(layer)
+    kernel = ops.cast(kernel, "float32")
+    if shape == (-1, 1):  # transposed: output channels second last
+        kernel = kernel * ops.reshape(scale, shape)
+    else:  # output channels last, or (in, multiplier) flattened in order
+        full = tuple(kernel.shape)
+        flat = ops.reshape(kernel, full[: len(full) - len(shape)] + (-1,))
+        kernel = ops.reshape(_native.scale_channels(flat, scale), full)
+    kernel = ops.cast(kernel, dtype)
     if isinstance(layer, _pairs.SEPARABLE):
         return ops.separable_conv(
             x,
             ops.cast(layer.depthwise_kernel, dtype),
-            scaled(layer.pointwise_kernel),
+            kernel,
             strides=layer.strides,
             padding=layer.padding,
             dilation_rate=layer.dilation_rate,
@@ -378,7 +338,7 @@ def _scaled_op(layer, x, scale, dtype):
     if isinstance(layer, _pairs.DEPTHWISE):
         return ops.depthwise_conv(
             x,
-            scaled(layer.kernel),
+            kernel,
             strides=layer.strides,
             padding=layer.padding,
             dilation_rate=layer.dilation_rate,
@@ -387,18 +347,13 @@ def _scaled_op(layer, x, scale, dtype):
     if isinstance(layer, _pairs.TRANSPOSE):
         return ops.conv_transpose(
             x,
-            # (*kernel_size, out, in): channels on the second last axis.
-            ops.cast(
-                ops.cast(layer.kernel, "float32") * ops.reshape(scale, (-1, 1)),
-                dtype,
-            ),
+            kernel,
             strides=list(layer.strides),
             padding=layer.padding,
             output_padding=layer.output_padding,
             dilation_rate=layer.dilation_rate,
             data_format=layer.data_format,
         )
-    kernel = scaled(layer.kernel)
     if isinstance(layer, keras.layers.Dense):
         return ops.matmul(x, kernel)
     if layer.padding == "causal":  # Conv1D only

@@ -35,20 +35,13 @@ def patch(frozen: bool = True) -> Iterator[None]:
     them as usual (same weight names and order). Subclasses of Keras
     BatchNormalization (your own BN classes) are built as they are.
 
-    Use it to reload a converted keras-hub model: such models rebuild
-    their layers from constructor arguments when loaded, so a `.keras` file
-    does not record which BN layers were frozenbn's.
-
-    The switch is per thread and per context (a `contextvars` value): code
-    running in another thread while a block is open builds Keras's own
-    class. Blocks nest; the innermost `frozen` applies. frozenbn's own
-    tools (`convert`, `fold`, ...) copy layers with the classes they have,
-    also inside a block. `keras.layers.BatchNormalization` itself stays
-    Keras's class: `isinstance` checks work as before.
+    Use it also to reload a converted keras-hub model (such models rebuild
+    their layers from constructor arguments when loaded). The switch is per
+    thread and context; blocks nest; `keras.layers.BatchNormalization`
+    itself stays Keras's class, so `isinstance` checks work as before.
 
     Args:
-        frozen: Python bool, the `frozen` value of the layers built in the
-            block. Defaults to `True`.
+        frozen: The `frozen` value of the layers built in the block.
 
     Example:
 

@@ -12,7 +12,6 @@ import numpy as np
 from frozenbn import _checks
 from frozenbn import _data
 from frozenbn import _stats
-from frozenbn import _walk
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +62,8 @@ def recalibrate(
     """
     _checks.check_is_layer(model, "recalibrate")
     verbose = _checks.check_verbose(verbose)
-    layers, skipped = _stats.split_measurable(
-        _walk.batch_norm_layers(model, include)
-    )
-    for layer, reason in skipped:
-        logger.warning(
-            "recalibrate: skipped BatchNormalization layer '%s', %s; its "
-            "statistics are left unchanged.",
-            layer.name,
-            reason,
-        )
+    layers, skipped = _stats.measurable_layers(
+        model, include, logger, "; its statistics are left unchanged")
     if not layers:
         if not skipped:
             logger.warning(
@@ -90,7 +81,12 @@ def recalibrate(
             stats.step(batch)
             progbar.update(step)
         pooled = stats.result()
+    return _write_statistics(model, layers, pooled)
 
+
+def _write_statistics(model, layers, pooled) -> int:
+    """Writes the pooled statistics of every called layer; warns about the
+    others; returns how many were written."""
     called = [layer for layer in layers if pooled.called(layer)]
     uncalled = [layer.name for layer in layers if not pooled.called(layer)]
     if uncalled:
@@ -103,8 +99,7 @@ def recalibrate(
             ", ".join(f"'{name}'" for name in uncalled),
         )
     for layer in called:
-        stats_of_layer = pooled[layer]
-        _assign_statistics(layer, stats_of_layer.mean, stats_of_layer.variance)
+        _assign_statistics(layer, pooled[layer].mean, pooled[layer].variance)
     if called:
         logger.info(
             "recalibrate: replaced the moving statistics of %d BN layer(s) "

@@ -35,6 +35,7 @@ def record_model(spec) -> dict:
     """`{name: array}` of one model: each tool's outputs and statistics."""
     import frozenbn
 
+    keras.utils.set_random_seed(0)  # the same weights in every record
     model = testing.randomize_batch_norm(spec.build())
     x = testing.images(2, spec.image_size, seed=1)
     arrays = {}

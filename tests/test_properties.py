@@ -9,7 +9,6 @@ depend on `training`, equals Keras inference and never moves its statistics.
 
 import keras
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st

@@ -42,28 +42,37 @@ def _weights_by_path(model):
 
 
 def test_pooled_moments_equal_numpy_over_unequal_batches():
+    # About a reference value near the data, as the statistics pass does.
     rng = np.random.default_rng(0)
-    data = rng.normal(1e3, 0.5, (101, 4))  # large mean: no cancellation
-    pooled = _math.PooledMoments()
-    for start in (0, 40, 90, 100):
-        chunk = data[start : {0: 40, 40: 90, 90: 100, 100: 101}[start]]
-        pooled.update(chunk.mean(0), chunk.var(0), len(chunk))
-    np.testing.assert_allclose(pooled.mean, data.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(pooled.variance, data.var(0), rtol=1e-9)
+    data = rng.normal(1e3, 0.5, (101, 4))
+    shifted = data - 1e3
+    state = (0.0, np.zeros(4, "float32"), np.zeros(4, "float32"))
+    for chunk in np.split(shifted, [40, 90, 100]):
+        state = _math.pool_moments(state, chunk.mean(0), chunk.var(0),
+                                   len(chunk))
+    # An empty batch (NaN moments, count 0) changes nothing.
+    state = _math.pool_moments(state, np.full(4, np.nan), np.full(4, np.nan), 0)
+    pooled = _math.PooledMoments.from_state(*(_np(t) for t in state))
+    np.testing.assert_allclose(pooled.mean + 1e3, data.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(pooled.variance, data.var(0), rtol=1e-5)
     assert pooled.count == 101
 
 
-def test_fold_scale_bias_defaults_and_values():
-    scale, bias = _math.fold_scale_bias(
-        np.array([2.0]), np.array([1.0]), np.array([3.0]), np.array([3.0]), 1.0
+def test_scale_and_shift_defaults_and_values():
+    def rsqrt(v):
+        return 1.0 / np.sqrt(v)
+
+    scale, shift = _math.scale_and_shift(
+        np.array([2.0]), np.array([1.0]), np.array([3.0]), np.array([3.0]),
+        1.0, np.array([5.0]), rsqrt,
     )
-    # float64: the caller rounds once, when it writes the folded weights.
-    assert scale.dtype == np.float64 and bias.dtype == np.float64
-    np.testing.assert_allclose(scale, [1.0])
-    np.testing.assert_allclose(bias, [-2.0])
-    scale, bias = _math.fold_scale_bias(None, None, [0.5], [0.0], 0.25)
+    np.testing.assert_allclose(scale, [1.0])  # 2 / sqrt(3 + 1)
+    np.testing.assert_allclose(shift, [3.0])  # (5 - 3) * 1 + 1
+    scale, shift = _math.scale_and_shift(
+        None, None, np.array([0.5]), np.array([0.0]), 0.25, None, rsqrt
+    )
     np.testing.assert_allclose(scale, [2.0])
-    np.testing.assert_allclose(bias, [-1.0])
+    np.testing.assert_allclose(shift, [-1.0])
 
 
 def test_batch_moments_masked_counts_unmasked_positions():

@@ -1,6 +1,6 @@
 """Records what a GPU run ran on, for one backend, and checks it is usable.
 
-Writes `frozenbn._report.environment_info()` (device, backend, versions,
+Writes `frozenbn.demo.machine.environment_info()` (device, backend, versions,
 load) plus the installed versions of every package the benchmarks import,
 the backend's GPU settings (JAX's default backend, XLA flags, the compilation cache;
 torch's CUDA, cuDNN and TF32 switches) and whether scikit-image, which
@@ -24,8 +24,8 @@ import _common  # noqa: E402  (puts the checkout first on sys.path)
 
 import keras  # noqa: E402
 
-from frozenbn._report import environment_info  # noqa: E402
 from frozenbn._report import write_json  # noqa: E402
+from frozenbn.demo.machine import environment_info  # noqa: E402
 
 DISTRIBUTIONS = (
     "namex", "optree", "jax", "jaxlib",

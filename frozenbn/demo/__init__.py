@@ -9,9 +9,12 @@
 - `frozenbn.demo.scenario`: the scenario end to end (`run_scenario`), used
   by `frozenbn demo` and `benchmarks/gap.py`.
 - `frozenbn.demo.results` and `frozenbn.demo.plots`: what a run measured,
-  as tables, JSON, markdown and PNG.
+  as tables, JSON, markdown and PNG; `frozenbn.demo.machine`: the machine
+  it ran on.
+- `frozenbn.demo.command`: `run_demo`, what `frozenbn demo` runs.
 """
 
+from frozenbn.demo.command import run_demo
 from frozenbn.demo.images import load_demo_data
 from frozenbn.demo.images import load_image_folder
 from frozenbn.demo.scenario import ScenarioConfig
@@ -21,5 +24,6 @@ __all__ = [
     "ScenarioConfig",
     "load_demo_data",
     "load_image_folder",
+    "run_demo",
     "run_scenario",
 ]

@@ -15,6 +15,7 @@ import numpy as np
 
 from frozenbn import _report
 from frozenbn.demo import arms as arms_lib
+from frozenbn.demo import machine
 from frozenbn.demo import plots
 
 CONSISTENT_RATIO = 1.5
@@ -249,7 +250,7 @@ def footer(env: dict, seconds: float, cpu_seconds: float, config: dict,
     """Closing markdown lines: machine, wall and CPU time, the config."""
     return [
         "",
-        f"{_report.environment_line(env)} Total {seconds:.0f} s wall, "
+        f"{machine.environment_line(env)} Total {seconds:.0f} s wall, "
         f"{cpu_seconds:.0f} s CPU.",
         "",
         f"{label}: `" + json.dumps(config) + "`",

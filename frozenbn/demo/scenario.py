@@ -31,8 +31,8 @@ import keras
 import numpy as np
 
 from frozenbn import _images
-from frozenbn import _report
 from frozenbn.demo import arms as arms_lib
+from frozenbn.demo import machine
 from frozenbn.demo import images
 from frozenbn.demo import training
 from frozenbn.demo.results import ArmResult
@@ -179,7 +179,7 @@ def _run(data, config, arms, workdir, verbose) -> ScenarioResult:
             "target_train_oversampled": len(target.train.x),
             "target_heldout": len(target.heldout.x),
         },
-        environment=_report.environment_info(),
+        environment=machine.environment_info(),
         seconds=time.perf_counter() - start,
         cpu_seconds=_cpu_seconds() - cpu_start,
         audit=audit,
