@@ -125,8 +125,12 @@ def test_recalibrate_benchmark_tiny_writes_report(tmp_path):
     result = speed_recalibrate.bench_recalibrate(
         "mini", 16, 32, 16, 2, True, str(tmp_path)
     )
-    assert set(result["paired_ratio_vs_predict"]) >= {"recalibrate", "recalibrate_eager"}
+    arms = {"predict", "floor", "recalibrate", "audit", "recalibrate_eager"}
+    assert set(result["paired_ratio_vs_predict"]) == arms
+    assert set(result["paired_ratio_vs_floor"]) == arms
+    assert result["paired_ratio_vs_floor"]["floor"] == 1.0
     assert all(r > 0 for r in result["paired_ratio_vs_predict"].values())
+    assert len(result["targets"]) == 3
     written = sorted(p.suffix for p in tmp_path.iterdir())
     assert written == [".json", ".md", ".png"]
     with open(next(tmp_path.glob("*.json"))) as f:
