@@ -135,3 +135,23 @@ def test_recalibrate_benchmark_tiny_writes_report(tmp_path):
     assert written == [".json", ".md", ".png"]
     with open(next(tmp_path.glob("*.json"))) as f:
         assert json.load(f)["environment"]["backend"] == keras.config.backend()
+
+
+def test_docs_show_the_committed_recalibrate_runs():
+    """docs/benchmarks.md's table of the statistics pass against its floor
+    is the one generated from the committed results files."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import speed_recalibrate
+    finally:
+        sys.path.pop(0)
+    block = speed_recalibrate.docs_block()
+    page, marker = speed_recalibrate.DOCS
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        text = f.read()
+    assert speed_recalibrate._common.replace_block(text, marker, block) == text, (
+        f"{page} is stale: run python benchmarks/speed_recalibrate.py --docs")
+    rows = [line for line in block.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == len(
+        [n for n in os.listdir(os.path.join(ROOT, "benchmarks", "results"))
+         if n.startswith("recalibrate_") and n.endswith("_cpu.json")])
