@@ -30,21 +30,14 @@ class FreezeBatchNorm(keras.callbacks.Callback):
     effect in the running `fit` on every backend.
 
     A common schedule: train normally for a few epochs so the statistics
-    adapt to the new data, then freeze them for the rest of fine-tuning so
-    that `fit` and `evaluate` agree (what detectron2 and mmdet do from the
-    start with `FrozenBatchNorm2d` / `norm_eval=True`). With frozen
-    statistics prefer a low learning rate (e.g. Adam 1e-5..1e-4).
-
-    If `fit` starts after `epoch` (`initial_epoch > epoch`), the freeze is
-    applied at the first epoch. It is applied once per callback object;
-    the model stays frozen after `fit` (use `frozenbn.unfreeze(model)` to
-    undo it).
+    adapt to the new data, then freeze them (at a low learning rate, Adam
+    1e-5) so that `fit` and `evaluate` agree. Applied once per callback
+    object, at the first epoch if `fit` starts later; the model stays frozen
+    after `fit` (`frozenbn.unfreeze(model)` undoes it).
 
     Args:
         epoch: First (0-based) epoch trained with frozen statistics.
-            Defaults to 0, i.e. from the start.
-        include: Optional `include(layer) -> bool` choosing the BN layers,
-            as in `frozenbn.convert`. Defaults to all.
+        include: Optional `include(layer) -> bool` choosing the BN layers.
 
     Example:
 
@@ -94,34 +87,11 @@ class PreciseBN(keras.callbacks.Callback):
 
     At the end of every `every_n_epochs`-th epoch's training, before that
     epoch's validation (so `val_*` metrics already use them), the BN moving
-    statistics are replaced by the exact population statistics of `x`
-    with `frozenbn.recalibrate`. This is
-    detectron2's `PreciseBN` hook: validation and checkpoints see
-    statistics that match the current weights instead of lagging moving
-    averages. Without validation data it runs in `on_epoch_end`, before
-    later callbacks such as `ModelCheckpoint` when listed before them.
-
-    Weight averaging (an optimizer with `use_ema=True`): Keras's
-    `keras.callbacks.SwapEMAWeights` puts the averaged (EMA) weights in the
-    model for validation, and `fit` writes them into the model when it
-    ends, but no BN statistics were ever computed for them. List
-    `SwapEMAWeights` *before* `PreciseBN`:
-
-        callbacks=[keras.callbacks.SwapEMAWeights(), PreciseBN(x),
-                   keras.callbacks.ModelCheckpoint(...)]
-
-    Then PreciseBN recalibrates the weights being evaluated (the EMA
-    weights), and the statistics follow the weights: when `SwapEMAWeights`
-    swaps the training weights back, the training weights' statistics are
-    put back too (validation does not change training; frozen layers keep
-    training with their own statistics), and whenever the same EMA weights
-    return (`SwapEMAWeights(swap_on_epoch=True)` for checkpoints, or at the
-    end of `fit`) their statistics return with them. At the end of `fit`
-    the model holds the EMA weights and their own precise statistics
-    (recalibrated then if they were never evaluated). PreciseBN recognizes
-    weights by a fingerprint of a few values of every trainable variable;
-    listed after `SwapEMAWeights`'s swap it warns that it measured other
-    weights than the ones evaluated.
+    statistics are replaced by the exact population statistics of `x` with
+    `frozenbn.recalibrate`: detectron2's `PreciseBN` hook. With weight
+    averaging (`use_ema=True`), list `keras.callbacks.SwapEMAWeights`
+    before it: the statistics then follow the weights they were measured
+    for (docs/usage.md).
 
     Args:
         x: Data to compute the statistics on, in any form
