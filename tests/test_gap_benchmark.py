@@ -123,11 +123,8 @@ def test_audit_pick_reads_the_recorded_score_with_todays_rule():
 
 def _assert_shows(gap, page_and_marker, block):
     """The page's marked block is `block` (what `gap.py --docs` writes)."""
-    page, marker = page_and_marker
-    with open(os.path.join(REPO, page), encoding="utf-8") as f:
-        text = f.read()
-    assert gap._common.replace_block(text, marker, block) == text, (
-        f"{page} is stale: run python benchmarks/gap.py --render "
+    testing.assert_block_current(
+        gap, page_and_marker, block, "python benchmarks/gap.py --render "
         "benchmarks/results/gap_small_tensorflow_cpu.json --docs")
 
 

@@ -15,6 +15,8 @@ import sys
 
 import keras
 
+from tests import testing
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "speed.py")
 
@@ -117,11 +119,7 @@ def test_speed_memory_and_torchvision_peer(tmp_path):
 
 def test_recalibrate_benchmark_tiny_writes_report(tmp_path):
     """benchmarks/speed_recalibrate.py at a tiny size: it runs and writes."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import speed_recalibrate
-    finally:
-        sys.path.pop(0)
+    speed_recalibrate = testing.load_script("benchmarks/speed_recalibrate.py")
     result = speed_recalibrate.bench_recalibrate(
         "mini", 16, 32, 16, 2, True, str(tmp_path)
     )
@@ -140,17 +138,11 @@ def test_recalibrate_benchmark_tiny_writes_report(tmp_path):
 def test_docs_show_the_committed_recalibrate_runs():
     """docs/benchmarks.md's table of the statistics pass against its floor
     is the one generated from the committed results files."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import speed_recalibrate
-    finally:
-        sys.path.pop(0)
+    speed_recalibrate = testing.load_script("benchmarks/speed_recalibrate.py")
     block = speed_recalibrate.docs_block()
-    page, marker = speed_recalibrate.DOCS
-    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
-        text = f.read()
-    assert speed_recalibrate._common.replace_block(text, marker, block) == text, (
-        f"{page} is stale: run python benchmarks/speed_recalibrate.py --docs")
+    testing.assert_block_current(
+        speed_recalibrate, speed_recalibrate.DOCS, block,
+        "python benchmarks/speed_recalibrate.py --docs")
     rows = [line for line in block.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == len(
         [n for n in os.listdir(os.path.join(ROOT, "benchmarks", "results"))

@@ -107,6 +107,16 @@ def load_script(path: str):
     return module
 
 
+def assert_block_current(script, page_and_marker, block, command):
+    """The page's `<!-- marker -->` block is `block`, what `command` (a
+    benchmark script's `--docs`) writes; `script` is the loaded script."""
+    page, marker = page_and_marker
+    with open(os.path.join(REPO, page), encoding="utf-8") as f:
+        text = f.read()
+    assert script._common.replace_block(text, marker, block) == text, (
+        f"{page} is stale: run {command}")
+
+
 def randomize_batch_norm(model, seed=0):
     """Gives every BN layer non-trivial statistics and affine parameters."""
     rng = np.random.default_rng(seed)
