@@ -66,14 +66,11 @@ def check_verbose(value: Any) -> int:
     """
     if isinstance(value, str) and value == "auto":
         return 1
+    rule = f'`verbose` must be 0, 1, 2 or "auto". Received: verbose={value!r}'
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f'`verbose` must be 0, 1, 2 or "auto". Received: verbose={value!r}'
-        )
+        raise TypeError(rule)
     if value not in (0, 1, 2):
-        raise ValueError(
-            f'`verbose` must be 0, 1, 2 or "auto". Received: verbose={value!r}'
-        )
+        raise ValueError(rule)
     return int(value)
 
 
