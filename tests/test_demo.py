@@ -14,6 +14,7 @@ import pytest
 import frozenbn
 from frozenbn.cli import main
 from frozenbn.demo import arms as demo_arms
+from frozenbn.demo import command
 from frozenbn.demo import images as demo_images
 from frozenbn.demo import results as demo_results
 from frozenbn.demo import scenario
@@ -233,6 +234,9 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     assert "evaluate loss" in printed and "held-out acc" in printed
     assert "audit of the pretrained backbone on the target: " in printed
     assert "audit of the pretrained backbone said " in printed
+    assert demo_results.RATIOS_EXPLAINED in printed
+    assert "This was --quick" in printed
+    assert printed.rstrip().endswith(f"the curves: {out / 'results.png'}")
     for name in ("results.json", "results.md", "results.png"):
         assert (out / name).stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
@@ -240,6 +244,8 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     assert list(arms) == list(demo_arms.DEMO_ARMS)
     assert results["environment"]["backend"]
     assert results["config"]["deterministic"] is True
+    assert results["config"]["backbone"] == "small"
+    assert "a small ResNet 32x32" in (out / "results.md").read_text()
     # The scenario's own CPU time (not the worker process's since it
     # started): some, and no more than every core for its whole run.
     assert 0 < results["cpu_seconds"] <= results["seconds"] * os.cpu_count()
@@ -257,6 +263,32 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     assert len(arms["stock"]["curves"]["eval_loss"]) == arms["stock"][
         "epochs_run"]
     assert "| arm |" in (out / "results.md").read_text()
+
+
+def test_backbones():
+    """The scenario's two backbones: ResNet50 (53 BN layers) and the small
+    residual network of --quick (9), which takes no weights."""
+    for architecture, count in (("resnet50", 53), ("small", 9)):
+        backbone = training.build_backbone(None, 32, architecture)
+        assert len(testing.layers_of(
+            backbone, keras.layers.BatchNormalization)) == count
+        assert backbone.output_shape[-1] == (2048 if count == 53 else 64)
+    with pytest.raises(ValueError, match="weights are for ResNet50; the "
+                       "'small' backbone takes weights=None"):
+        training.build_backbone("imagenet", 32, "small")
+    with pytest.raises(ValueError, match="architecture must be one of "
+                       r"\('resnet50', 'small'\), got 'vgg'"):
+        training.build_backbone(None, 32, "vgg")
+
+
+def test_quick_runs_the_small_backbone_unless_weights_are_given():
+    config = command._config("none", None, 32, 32, 0, quick=True)
+    assert (config.backbone, config.epochs, config.max_target) == (
+        "small", 2, 128)
+    config = command._config("w.h5", None, 32, 32, 0, quick=True)
+    assert (config.backbone, config.weights) == ("resnet50", "w.h5")
+    assert command._config("none", None, 32, 32, 0, quick=False).backbone == (
+        "resnet50")
 
 
 def _committed_gap_run(name, seed):

@@ -49,6 +49,8 @@ class ScenarioConfig:
         weights: `None` (random init, then pretrained on the source
             domain), `"imagenet"`, or a path to ResNet50 weights. Defaults
             to `None`.
+        backbone: `"resnet50"` (the default) or `"small"`, a small residual
+            network that compiles in seconds (`training.BACKBONES`).
         pretrain_epochs: Source-domain epochs when `weights` is `None`.
             Defaults to 4.
         epochs: Maximum fine-tuning epochs (early stopping may end sooner).
@@ -82,6 +84,7 @@ class ScenarioConfig:
 
     image_size: int = 32
     weights: Optional[str] = None
+    backbone: str = "resnet50"
     pretrain_epochs: int = 4
     epochs: int = 12
     head_epochs: int = 2
@@ -146,7 +149,8 @@ def run_scenario(
 def _run(data, config, arms, workdir, verbose) -> ScenarioResult:
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     source, target, counts = prepare_data(data, config)
-    _say(verbose, f"ResNet50 {config.image_size}x{config.image_size}, "
+    _say(verbose, f"{training.backbone_name(config.backbone)} "
+                  f"{config.image_size}x{config.image_size}, "
                   f"weights={config.weights}, backend "
                   f"{keras.config.backend()}, seed {config.seed}")
     backbone, pretraining = pretrained_backbone(config, source, verbose)
@@ -218,7 +222,7 @@ def prepare_data(data: images.DemoData, config: ScenarioConfig) -> tuple:
 
 def pretrained_backbone(config: ScenarioConfig, source: images.Domain,
                         verbose: int = 0) -> tuple:
-    """The scenario's ResNet50 backbone, before any fine-tuning.
+    """The scenario's backbone, before any fine-tuning.
 
     With `config.weights` `None` (or `"none"`) it is trained on the source
     domain for `config.pretrain_epochs` (at `config.pretrain_batch_size`,
@@ -234,7 +238,8 @@ def pretrained_backbone(config: ScenarioConfig, source: images.Domain,
         `(backbone, pretraining)`: the model, and `pretrain_backbone`'s
         `{"accuracy": ...}` (`{}` when not pretrained here).
     """
-    backbone = training.build_backbone(config.weights, config.image_size)
+    backbone = training.build_backbone(config.weights, config.image_size,
+                                       config.backbone)
     if config.weights not in (None, "none"):
         return backbone, {}
     _say(verbose, f"pretraining on the source domain "

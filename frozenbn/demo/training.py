@@ -1,6 +1,7 @@
 """The models of the scenario and the callbacks that watch them train.
 
-- `build_backbone`: ResNet50 without its top, random or given weights.
+- `build_backbone`: ResNet50 without its top, random or given weights, or
+  the small residual network of `frozenbn demo --quick`.
 - `pretrain_backbone`: a short source-domain training, then `recalibrate`,
   so the statistics are converged as after a long pretraining.
 - `build_classifier`: the bug report's Sequential head on a backbone.
@@ -18,25 +19,67 @@ import numpy as np
 from frozenbn import _walk
 
 
-def build_backbone(weights: Optional[str], image_size: int) -> keras.Model:
-    """A ResNet50 feature extractor (`include_top=False`).
+BACKBONES = ("resnet50", "small")
+"""The scenario's backbones: Keras's ResNet50, and a small residual network
+(three stages of Conv-BN blocks, 9 BN layers) that compiles in seconds,
+for `frozenbn demo --quick`."""
+
+
+def build_backbone(weights: Optional[str], image_size: int,
+                   architecture: str = "resnet50") -> keras.Model:
+    """A feature extractor without a classification top.
 
     Args:
         weights: `None`/`"none"` (random init), `"imagenet"` (downloaded by
-            Keras, or read from its cache), or a local weights file.
+            Keras, or read from its cache), or a local weights file; only
+            ResNet50 takes weights.
         image_size: Side of the square RGB input (at least 32).
+        architecture: One of `BACKBONES`. Defaults to `"resnet50"`.
 
     Returns:
         The backbone model.
     """
+    if architecture not in BACKBONES:
+        raise ValueError(f"architecture must be one of {BACKBONES}, "
+                         f"got {architecture!r}")
     if weights in (None, "none"):
         weights = None
+    elif architecture != "resnet50":
+        raise ValueError(f"weights are for ResNet50; the {architecture!r} "
+                         "backbone takes weights=None")
     elif weights != "imagenet" and not os.path.isfile(weights):
         raise FileNotFoundError(f"ResNet50 weights file not found: {weights}")
+    if architecture == "small":
+        return _small_resnet(image_size)
     return keras.applications.ResNet50(
         weights=weights, include_top=False,
         input_shape=(image_size, image_size, 3),
     )
+
+
+def backbone_name(architecture: str) -> str:
+    """How tables and messages name a backbone of `BACKBONES`."""
+    return {"resnet50": "ResNet50"}.get(architecture,
+                                        f"a {architecture} ResNet")
+
+
+def _small_resnet(image_size: int) -> keras.Model:
+    layers = keras.layers
+
+    def conv_bn(x, filters, strides=1, kernel=3):
+        x = layers.Conv2D(filters, kernel, strides, padding="same",
+                          use_bias=False)(x)
+        return layers.BatchNormalization()(x)
+
+    inputs = keras.Input((image_size, image_size, 3))
+    x = layers.ReLU()(conv_bn(inputs, 16))
+    for filters, strides in ((16, 1), (32, 2), (64, 2)):
+        shortcut = x
+        if strides != 1:
+            shortcut = conv_bn(x, filters, strides, kernel=1)
+        y = layers.ReLU()(conv_bn(x, filters, strides))
+        x = layers.ReLU()(layers.Add()([shortcut, conv_bn(y, filters)]))
+    return keras.Model(inputs, x, name="small_resnet")
 
 
 def pretrain_backbone(
