@@ -73,7 +73,7 @@ def fused_vs_frozen(frozen: keras.Model, x) -> dict:
     """The fused copy of `frozen` against it, training-mode outputs."""
     fused, report = frozenbn.fuse(frozen)
     result = _max_rel(_np(frozen(x, training=True)), _np(fused(x, training=True)))
-    result.update(fused=len(report.fused), left=len(report.left))
+    result.update(fused=len(report.pairs), left=len(report.left))
     return result
 
 

@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from frozenbn import callbacks
 from frozenbn._advice import Recommendation
+from frozenbn._pairs import RewriteReport
 from frozenbn.audit import AuditReport
 from frozenbn.audit import LayerAudit
 from frozenbn.audit import audit
@@ -30,6 +31,7 @@ __all__ = [
     "FusedBatchNorm",
     "LayerAudit",
     "Recommendation",
+    "RewriteReport",
     "__version__",
     "audit",
     "callbacks",

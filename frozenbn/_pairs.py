@@ -7,10 +7,11 @@ layer. This module is the one place that
 - decides which (layer, BN) pairs qualify, and why the other BN layers do
   not (`Rewriter`, with a tool-specific `check` for the BN itself), and
   rewrites the model through `frozenbn._graph`;
-- says in one wording what a tool did (`report_text`) and which models it
+- says in one shape what a tool did (`RewriteReport`) and which models it
   accepts (`check_graph_model`).
 """
 
+import dataclasses
 import warnings
 from collections import Counter
 from typing import Callable
@@ -79,19 +80,52 @@ def check_graph_model(model, function_name: str) -> None:
     _walk.check_built(model, function_name)
 
 
-def report_text(verb: str, pairs: List[Pair], left: List[Pair]) -> str:
-    """The readable summary of a fold or fuse report."""
-    lines = [
-        f"{verb} {len(pairs)} BatchNormalization layer(s), "
-        f"left {len(left)}."
-    ]
-    if pairs:
-        lines.append(f"{verb} (layer <- batch norm):")
-        lines += [f"  {layer} <- {bn}" for layer, bn in pairs]
-    if left:
-        lines.append("Left in place (batch norm: reason):")
-        lines += [f"  {bn}: {reason}" for bn, reason in left]
-    return "\n".join(lines)
+@dataclasses.dataclass
+class RewriteReport:
+    """What `fold`, `fuse` or `unfuse` did with each BatchNormalization.
+
+    Layers are named by their path from the model down
+    (`"model/block/conv"`), so equal names in nested models stay apart.
+
+    Attributes:
+        tool: `"fold"`, `"fuse"` or `"unfuse"`.
+        pairs: `(layer_path, bn_path)`: a linear layer and the BN layer
+            after it that `fold` or `fuse` made one layer, or that `unfuse`
+            split apart again.
+        left: `(bn_path, reason)`: BN layers kept as they were, and why.
+    """
+
+    tool: str
+    pairs: List[Pair] = dataclasses.field(default_factory=list)
+    left: List[Pair] = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        verb = {"fold": "Folded", "fuse": "Fused"}.get(self.tool, "Unfused")
+        lines = [f"{verb} {len(self.pairs)} BatchNormalization layer(s), "
+                 f"left {len(self.left)}."]
+        if self.pairs:
+            lines.append(f"{verb} (layer <- batch norm):")
+            lines += [f"  {layer} <- {bn}" for layer, bn in self.pairs]
+        if self.left:
+            lines.append("Left in place (batch norm: reason):")
+            lines += [f"  {bn}: {reason}" for bn, reason in self.left]
+        return "\n".join(lines)
+
+    @property
+    def folded(self) -> List[Pair]:
+        """Deprecated: `pairs`."""
+        return self._renamed("folded")
+
+    @property
+    def fused(self) -> List[Pair]:
+        """Deprecated: `pairs`."""
+        return self._renamed("fused")
+
+    def _renamed(self, old: str) -> List[Pair]:
+        warnings.warn(f"`report.{old}` is now `report.pairs` (layer paths, "
+                      f"not names); `{old}` goes in frozenbn 0.3.",
+                      DeprecationWarning, stacklevel=3)
+        return self.pairs
 
 
 class Rewriter:
@@ -128,10 +162,11 @@ class Rewriter:
         self.reused: List[str] = []
 
     def rewrite(self, model: keras.Model) -> keras.Model:
-        """The copy of `model`; `paired`/`left` say what became of each BN."""
+        """The copy of `model`; `paired`/`left` say what became of each BN,
+        by path in `model`."""
         names = {}
         try:
-            copy = self._rewrite(model)
+            copy = self._rewrite(model, model.name)
         except _clone.UncopyableLayer as error:
             # A layer whose config does not rebuild it (a `get_config` that
             # does not round-trip). Rewrite a private exact copy of the
@@ -140,7 +175,7 @@ class Rewriter:
             private, names = _graph.private_copy(model, error, self.tool)
             self.paired, self.left, self.handled = [], [], set()
             self.reuse_uncopyable = True
-            copy = self._rewrite(private)
+            copy = self._rewrite(private, private.name)
             model = private
         _graph.warn_reused(self.tool, self.reused, names)
         merged = {
@@ -149,6 +184,7 @@ class Rewriter:
             if getattr(layer, "merges_batch_norm", False)
         }
         owners = _graph.owners_in_graph(model)
+        paths = _walk.paths(model)
         for bn in _walk.batch_norm_layers(model):
             if id(bn) in merged:
                 reason = (
@@ -169,10 +205,13 @@ class Rewriter:
                     "the model's graph never calls it (an unused sublayer); "
                     "the copy does not contain it"
                 )
-            self.left.append((bn.name, reason))
+            self.left.append((paths.get(id(bn), bn.name), reason))
         if names:
-            self.paired = [(names.get(a, a), names.get(b, b)) for a, b in self.paired]
-            self.left = [(names.get(bn, bn), why) for bn, why in self.left]
+            def rename(path):
+                return "/".join(names.get(part, part) for part in path.split("/"))
+
+            self.paired = [(rename(a), rename(b)) for a, b in self.paired]
+            self.left = [(rename(bn), why) for bn, why in self.left]
         if not self.paired:
             why = (f"none of its {len(self.left)} BatchNormalization layer(s) "
                    f"qualifies ('{self.left[0][0]}': {self.left[0][1]}; the "
@@ -182,17 +221,17 @@ class Rewriter:
                           "result is a plain copy.", stacklevel=3)
         return copy
 
-    def _rewrite(self, model: keras.Model) -> keras.Model:
+    def _rewrite(self, model: keras.Model, path: str) -> keras.Model:
         if isinstance(model, keras.Sequential):
-            pairs = self._plan_sequential(model)
+            pairs = self._plan_sequential(model, path)
         else:
-            pairs = self._plan_functional(model)
+            pairs = self._plan_functional(model, path)
         removed = {id(bn) for bn in pairs.values()}
         jobs, replaced = [], []
 
         def clone(layer):
             if _walk.is_graph_model(layer):
-                return self._rewrite(layer)
+                return self._rewrite(layer, f"{path}/{layer.name}")
             if id(layer) in removed:
                 return _graph.Removed(name=f"{layer.name}_removed")
             if id(layer) in pairs:
@@ -216,7 +255,7 @@ class Rewriter:
 
     # Planning: which (producer, BN) pairs to rewrite. Returns {id(P): bn}.
 
-    def _plan_sequential(self, model) -> Dict[int, keras.layers.Layer]:
+    def _plan_sequential(self, model, path) -> Dict[int, keras.layers.Layer]:
         layers = model.layers
         pairs = {}
         for i, bn in enumerate(layers):
@@ -224,19 +263,18 @@ class Rewriter:
                 continue
             self.handled.add(id(bn))
             if i == 0:
-                self.left.append(
-                    (bn.name, f"its input is the input of model '{model.name}'")
-                )
+                self.left.append((f"{path}/{bn.name}", f"its input is the "
+                                  f"input of model '{model.name}'"))
                 continue
             producer = layers[i - 1]
             shape = tuple(bn.input.shape) if _has_input(bn) else None
             reason = self._why_not(
                 producer, bn, shape, consumers=1, is_output=False, calls=(1, 1)
             )
-            self._decide(producer, bn, reason, pairs)
+            self._decide(producer, bn, reason, pairs, path)
         return pairs
 
-    def _plan_functional(self, model) -> Dict[int, keras.layers.Layer]:
+    def _plan_functional(self, model, path) -> Dict[int, keras.layers.Layer]:
         # Deepest first is input-to-output order: the report reads in
         # the order of the model.
         by_depth = model._nodes_by_depth
@@ -261,15 +299,13 @@ class Rewriter:
             x = node.arguments.args[0] if node.arguments.args else None
             history = getattr(x, "_keras_history", None)
             if history is None:
-                self.left.append(
-                    (bn.name, "its input is not a tensor of the model graph")
-                )
+                self.left.append((f"{path}/{bn.name}",
+                                  "its input is not a tensor of the model graph"))
                 continue
             producer = history.operation
             if isinstance(producer, keras.layers.InputLayer):
-                self.left.append(
-                    (bn.name, f"its input is an input of model '{model.name}'")
-                )
+                self.left.append((f"{path}/{bn.name}", f"its input is an "
+                                  f"input of model '{model.name}'"))
                 continue
             reason = self._why_not(
                 producer,
@@ -279,17 +315,17 @@ class Rewriter:
                 is_output=id(x) in outputs,
                 calls=(calls[id(producer)], calls[id(bn)]),
             )
-            self._decide(producer, bn, reason, pairs)
+            self._decide(producer, bn, reason, pairs, path)
         return pairs
 
-    def _decide(self, producer, bn, reason, pairs) -> None:
+    def _decide(self, producer, bn, reason, pairs, path) -> None:
         if reason is None and id(producer) in pairs:
             reason = f"'{producer.name}' is already paired with another BN"
         if reason is None:
             pairs[id(producer)] = bn
-            self.paired.append((producer.name, bn.name))
+            self.paired.append((f"{path}/{producer.name}", f"{path}/{bn.name}"))
         else:
-            self.left.append((bn.name, reason))
+            self.left.append((f"{path}/{bn.name}", reason))
 
     def _why_not(
         self, producer, bn, output_shape, consumers, is_output, calls

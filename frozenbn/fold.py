@@ -1,9 +1,7 @@
 """`fold`: an inference copy with BatchNormalization folded into Conv/Dense."""
 
-import dataclasses
 import logging
 from typing import Dict
-from typing import List
 from typing import Tuple
 
 import keras
@@ -18,24 +16,11 @@ logger = logging.getLogger(__name__)
 FOLDABLE_TYPES = _pairs.LINEAR_TYPES
 
 
-@dataclasses.dataclass
-class FoldReport:
-    """What `fold` folded and what it left, by layer name.
-
-    Attributes:
-        folded: `(layer_name, bn_name)` pairs: the BN layer `bn_name` was
-            folded into `layer_name` and removed.
-        left: `(bn_name, reason)` pairs for BN layers kept in the copy.
-    """
-
-    folded: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
-    left: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
-
-    def __str__(self) -> str:
-        return _pairs.report_text("Folded", self.folded, self.left)
+FoldReport = _pairs.RewriteReport
+"""Deprecated name of `frozenbn.RewriteReport`, what `fold` returns."""
 
 
-def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
+def fold(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
     """Returns an inference copy of `model` with BN folded into its producer.
 
     In inference mode a BN layer is a per-channel affine map; after a
@@ -53,19 +38,20 @@ def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
         model: A built Functional or Sequential `keras.Model`.
 
     Returns:
-        `(folded_model, report)`.
+        `(folded_model, report)`: the report is a `frozenbn.RewriteReport`.
 
     Example:
 
     >>> import keras, frozenbn
     >>> model = keras.Sequential([
     ...     keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
-    ...     keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU()])
+    ...     keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU()],
+    ...     name="model")
     >>> folded, report = frozenbn.fold(model)
     >>> " -> ".join(type(layer).__name__ for layer in folded.layers)
     'Conv2D -> ReLU'
-    >>> report.folded
-    [('conv', 'bn')]
+    >>> report.pairs
+    [('model/conv', 'model/bn')]
     """
     _pairs.check_graph_model(model, "fold")
     # Keras's and frozenbn's BN fold alike (inference uses the moving
@@ -74,12 +60,9 @@ def fold(model: keras.Model) -> Tuple[keras.Model, FoldReport]:
         "fold", check=None, replace=_with_bias, finish=_set_folded
     )
     copy = rewriter.rewrite(model)
-    report = FoldReport(folded=rewriter.paired, left=rewriter.left)
-    logger.info(
-        "fold: folded %d BN layer(s), left %d.",
-        len(report.folded),
-        len(report.left),
-    )
+    report = _pairs.RewriteReport("fold", rewriter.paired, rewriter.left)
+    logger.info("fold: folded %d BN layer(s), left %d.", len(report.pairs),
+                len(report.left))
     return copy, report
 
 

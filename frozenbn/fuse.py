@@ -1,10 +1,9 @@
 """`fuse` / `unfuse`: train Conv+frozen BN as one layer, and undo it."""
 
-import dataclasses
 import logging
 import math
+import warnings
 from typing import Any
-from typing import List
 from typing import Tuple
 
 import keras
@@ -23,24 +22,11 @@ logger = logging.getLogger(__name__)
 _PACKAGE = "frozenbn"
 
 
-@dataclasses.dataclass
-class FuseReport:
-    """What `fuse` fused and what it left, by layer name.
-
-    Attributes:
-        fused: `(layer_name, bn_name)` pairs: the frozen BN layer `bn_name`
-            and `layer_name` became one `FusedBatchNorm` layer.
-        left: `(bn_name, reason)` pairs for BN layers kept as they were.
-    """
-
-    fused: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
-    left: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
-
-    def __str__(self) -> str:
-        return _pairs.report_text("Fused", self.fused, self.left)
+FuseReport = _pairs.RewriteReport
+"""Deprecated name of `frozenbn.RewriteReport`, what `fuse` returns."""
 
 
-def fuse(model: keras.Model) -> Tuple[keras.Model, FuseReport]:
+def fuse(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
     """Returns a training copy of `model` with frozen BN fused into its layer.
 
     A frozen `frozenbn.BatchNormalization` after a linear layer is computed
@@ -58,33 +44,31 @@ def fuse(model: keras.Model) -> Tuple[keras.Model, FuseReport]:
             `frozenbn.BatchNormalization` layers (`frozenbn.convert(model)`).
 
     Returns:
-        `(fused_model, report)`.
+        `(fused_model, report)`: the report is a `frozenbn.RewriteReport`.
 
     Example:
 
     >>> import keras, frozenbn
     >>> model = frozenbn.convert(keras.Sequential([
     ...     keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
-    ...     keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU()]))
+    ...     keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU()],
+    ...     name="model"))
     >>> fused, report = frozenbn.fuse(model)
-    >>> [type(layer).__name__ for layer in fused.layers], report.fused
-    (['FusedBatchNorm', 'ReLU'], [('conv', 'bn')])
+    >>> [type(layer).__name__ for layer in fused.layers], report.pairs
+    (['FusedBatchNorm', 'ReLU'], [('model/conv', 'model/bn')])
     >>> [w.name for w in fused.trainable_weights]
     ['kernel', 'bias', 'gamma', 'beta']
     """
     _pairs.check_graph_model(model, "fuse")
     rewriter = _pairs.Rewriter("fuse", check=_why_not_fusable, replace=_fused)
     copy = rewriter.rewrite(model)
-    report = FuseReport(fused=rewriter.paired, left=rewriter.left)
-    logger.info(
-        "fuse: fused %d BN layer(s), left %d.",
-        len(report.fused),
-        len(report.left),
-    )
+    report = _pairs.RewriteReport("fuse", rewriter.paired, rewriter.left)
+    logger.info("fuse: fused %d BN layer(s), left %d.", len(report.pairs),
+                len(report.left))
     return copy, report
 
 
-def unfuse(model: keras.Model) -> keras.Model:
+def unfuse(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
     """Returns a copy of `model` with each `FusedBatchNorm` split in two.
 
     The inverse of `fuse`: every fused layer becomes its linear layer
@@ -96,7 +80,8 @@ def unfuse(model: keras.Model) -> keras.Model:
         model: A built Functional or Sequential `keras.Model`.
 
     Returns:
-        The unfused copy.
+        `(unfused_model, report)`: the report's `pairs` are the paths of
+        the split layers in the copy.
 
     Raises:
         TypeError: `model` is not a Functional or Sequential model.
@@ -107,32 +92,40 @@ def unfuse(model: keras.Model) -> keras.Model:
     >>> import keras, frozenbn
     >>> model = frozenbn.convert(keras.Sequential([
     ...     keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
-    ...     keras.layers.BatchNormalization(name="bn")]))
+    ...     keras.layers.BatchNormalization(name="bn")], name="model"))
     >>> fused, _ = frozenbn.fuse(model)
-    >>> unfused = frozenbn.unfuse(fused)
-    >>> [layer.name for layer in unfused.layers] == ["conv", "bn"]
-    True
+    >>> unfused, report = frozenbn.unfuse(fused)
+    >>> [layer.name for layer in unfused.layers], report.pairs
+    (['conv', 'bn'], [('model/conv', 'model/bn')])
     """
     _pairs.check_graph_model(model, "unfuse")
+    report = _pairs.RewriteReport("unfuse")
     try:
-        return _unfuse(model, reused=None)
+        copy = _unfuse(model, None, model.name, report.pairs)
     except _clone.UncopyableLayer as error:
         # See `_graph.private_copy`: reuse the layers that a config does
         # not rebuild, from a private copy of the model.
         private, names = _graph.private_copy(model, error, "unfuse")
-        reused = []
-        copy = _unfuse(private, reused)
+        reused, report.pairs[:] = [], []
+        copy = _unfuse(private, reused, model.name, report.pairs)
         _graph.warn_reused("unfuse", reused, names)
-        return copy
+    if not report.pairs:
+        warnings.warn(f"frozenbn.unfuse changed nothing: model "
+                      f"'{model.name}' has no FusedBatchNorm layer. The "
+                      "result is a plain copy.", stacklevel=2)
+    return copy, report
 
 
-def _unfuse(model: keras.Model, reused) -> keras.Model:
+def _unfuse(model: keras.Model, reused, path, pairs) -> keras.Model:
     jobs = []
 
     def clone(operation):
         if _walk.is_graph_model(operation):
-            return _unfuse(operation, reused)
+            return _unfuse(operation, reused, f"{path}/{operation.name}",
+                           pairs)
         if isinstance(operation, FusedBatchNorm):
+            pairs.append((f"{path}/{operation.layer.name}",
+                          f"{path}/{operation.batch_norm.name}"))
             return _graph.Chain(
                 _graph.copy_built(operation.layer),
                 _graph.copy_built(operation.batch_norm),

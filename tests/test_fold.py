@@ -9,7 +9,6 @@ from keras import layers
 import frozenbn
 from tests import testing
 from frozenbn.fold import FOLDABLE_TYPES
-from frozenbn.fold import FoldReport
 from frozenbn.fold import fold
 
 # Folded and unfolded float32 models round differently; the DESIGN target is
@@ -62,7 +61,8 @@ def test_sequential_conv_bn_relu():
     assert isinstance(folded, keras.Sequential)
     assert [l.name for l in folded.layers] == ["conv", "relu"]
     assert folded.get_layer("conv").use_bias is True
-    assert report.folded == [("conv", "bn")] and report.left == []
+    assert report.pairs == [testing.paths_in(model, "conv", "bn")]
+    assert report.left == []
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
     _assert_same_predictions(model, folded, x)
     # The original is untouched.
@@ -82,11 +82,12 @@ def test_functional_frozenbn_and_report_text():
 
     folded, report = fold(model)
 
-    assert report.folded == [("dense", "fbn")]
-    assert [name for name, _ in report.left] == ["after_act"]
+    dense, fbn, after_act = testing.paths_in(model, "dense", "fbn", "after_act")
+    assert report.pairs == [(dense, fbn)]
+    assert [path for path, _ in report.left] == [after_act]
     assert "Activation 'act'" in report.left[0][1]
     text = str(report)
-    assert "Folded 1" in text and "dense <- fbn" in text and "after_act" in text
+    assert "Folded 1" in text and f"{dense} <- {fbn}" in text and after_act in text
     x = np.random.default_rng(1).normal(size=(3, 6, 5)).astype("float32")
     _assert_same_predictions(model, folded, x)
 
@@ -110,7 +111,7 @@ def test_each_foldable_layer(case, use_bias):
 
     folded, report = fold(model)
 
-    assert report.folded == [(layer.name, bn.name)], report
+    assert report.pairs == [testing.paths_in(model, layer.name, bn.name)], report
     assert testing.count_layers(folded, keras.layers.BatchNormalization) == 0
     x = np.random.default_rng(2).normal(size=(2,) + shape).astype("float32")
     _assert_same_predictions(model, folded, x)
@@ -129,7 +130,7 @@ def test_bn_without_gamma_or_beta(center, scale):
     )
     testing.randomize_batch_norm(model)
     folded, report = fold(model)
-    assert len(report.folded) == 1
+    assert len(report.pairs) == 1
     _assert_same_predictions(model, folded, np.ones((2, 4), "float32"))
 
 
@@ -151,8 +152,8 @@ def test_unfoldable_cases_are_left_with_reasons():
 
     folded, report = fold(model)
 
-    reasons = dict(report.left)
-    assert report.folded == []
+    reasons = testing.by_name(model, report.left)
+    assert report.pairs == []
     assert set(reasons) == {
         "bn_input",
         "bn_shared",
@@ -177,9 +178,10 @@ def test_channels_first_bias_shortcut_on_tensorflow_is_left():
     testing.randomize_batch_norm(model)
     folded, report = fold(model)
     if keras.config.backend() == "tensorflow":
-        assert report.folded == [] and "bias_add" in report.left[0][1]
+        assert report.pairs == [] and "bias_add" in report.left[0][1]
     else:
-        assert report.folded == [("conv", model.layers[-1].name)]
+        assert report.pairs == [
+            testing.paths_in(model, "conv", model.layers[-1].name)]
     x = np.random.default_rng(7).normal(size=(2, 3, 7, 7)).astype("float32")
     _assert_same_predictions(model, folded, x)
 
@@ -190,8 +192,8 @@ def test_conv_called_twice_is_left():
     h = layers.BatchNormalization(name="bn")(conv(inputs))
     model = keras.Model(inputs, conv(h))
     folded, report = fold(model)
-    assert report.folded == []
-    assert "called 2 times" in dict(report.left)["bn"]
+    assert report.pairs == []
+    assert "called 2 times" in testing.by_name(model, report.left)["bn"]
     _assert_same_predictions(model, folded, np.ones((1, 4, 4, 3), "float32"))
 
 
@@ -215,11 +217,12 @@ def test_nested_models_are_folded_recursively():
 
     folded, report = fold(model)
 
-    assert sorted(report.folded) == [
-        ("head", "head_bn"),
-        ("inner_conv", "inner_bn"),
+    root = model.name
+    assert sorted(report.pairs) == [
+        (f"{root}/backbone/inner_conv", f"{root}/backbone/inner_bn"),
+        (f"{root}/head", f"{root}/head_bn"),
     ]
-    assert [bn for bn, _ in report.left] == ["bn_after_model"]
+    assert [bn for bn, _ in report.left] == [f"{root}/bn_after_model"]
     assert testing.count_layers(folded, keras.layers.BatchNormalization) == 1
     assert folded.get_layer("backbone") is not backbone
     x = np.random.default_rng(4).normal(size=(2, 8, 8, 3)).astype("float32")
@@ -245,7 +248,7 @@ def test_applications(name, expected_bn):
     folded, report = fold(model)
 
     # In these backbones every BN directly follows a bias-free convolution.
-    assert len(report.folded) == expected_bn and report.left == []
+    assert len(report.pairs) == expected_bn and report.left == []
     assert testing.count_layers(folded, keras.layers.BatchNormalization) == 0
     assert _bn_after_foldable(folded) == []
     assert len(folded.layers) == len(model.layers) - expected_bn
@@ -289,15 +292,21 @@ def test_bn_inside_custom_layer_is_reported_left():
     with pytest.warns(UserWarning, match=r"fold changed nothing: none of its "
                       r"1 BatchNormalization layer\(s\) qualifies"):
         folded, report = fold(model)
-    assert report.folded == []
-    assert "custom layer" in dict(report.left)["block_bn"]
+    assert report.pairs == []
+    assert "custom layer" in dict(report.left)[f"{model.name}/block/block_bn"]
     _assert_same_predictions(model, folded, np.ones((1, 4, 4, 1), "float32"))
 
 
 def test_report_is_a_dataclass_with_defaults():
-    report = FoldReport()
-    assert report.folded == [] and report.left == []
+    report = frozenbn.RewriteReport("fold")
+    assert report.pairs == [] and report.left == []
     assert str(report).startswith("Folded 0")
+    assert frozenbn.FoldReport is frozenbn.FuseReport is frozenbn.RewriteReport
+    report.pairs.append(("m/conv", "m/bn"))
+    for old in ("folded", "fused"):  # 0.1's names of `pairs`, for a release
+        with pytest.warns(DeprecationWarning, match=rf"`report.{old}` is now "
+                          r"`report.pairs` \(layer paths, not names\)"):
+            assert getattr(report, old) == [("m/conv", "m/bn")]
 
 
 def test_folded_weights_are_rounded_once_from_float64():

@@ -77,7 +77,8 @@ def test_sequential_conv_bn_relu():
 
     fused, report = frozenbn.fuse(model)
 
-    assert report.fused == [("conv", "bn")] and report.left == []
+    assert report.pairs == [testing.paths_in(model, "conv", "bn")]
+    assert report.left == []
     assert str(report).startswith("Fused 1 BatchNormalization layer(s)")
     assert [type(layer).__name__ for layer in fused.layers] == [
         "FusedBatchNorm",
@@ -117,7 +118,7 @@ def test_each_layer_type_trains_like_unfused(case, use_bias):
 
     fused, report = frozenbn.fuse(model)
 
-    assert report.fused == [(layer.name, bn.name)], report
+    assert report.pairs == [testing.paths_in(model, layer.name, bn.name)], report
     assert frozenbn._walk.batch_norm_layers(fused)[0].frozen
     _set_mode(fused, "kernel")  # the fused formula, whatever the sizes
     _assert_same_training_math(model, fused, _inputs((3,) + shape))
@@ -143,7 +144,7 @@ def test_bn_without_gamma_or_beta(center, scale):
         )
     )
     fused, report = frozenbn.fuse(model)
-    assert len(report.fused) == 1
+    assert len(report.pairs) == 1
     _set_mode(fused, "kernel")
     _assert_same_training_math(model, fused, _inputs((2, 6, 6, 2)))
 
@@ -158,7 +159,7 @@ def test_auto_mode_picks_the_cheaper_side():
     h = layers.BatchNormalization(name="bn_small")(small)
     model = _frozen(keras.Model(inputs, h))
     fused, report = frozenbn.fuse(model)
-    assert len(report.fused) == 2
+    assert len(report.pairs) == 2
     by_name = {layer.layer.name: layer for layer in fused.layers[1:]}
     x = _inputs((8, 4, 4, 64))
     # 3*3*64*64 kernel values > 8*4*4*64 outputs; 64*2 < 8*4*4*2.
@@ -192,11 +193,11 @@ def test_pairs_that_are_left_say_why():
 
     with pytest.warns(UserWarning, match=r"^frozenbn.fuse changed nothing: "
                       r"none of its 5 BatchNormalization layer\(s\) qualifies "
-                      r"\('keras_bn': a Keras BatchNormalization"):
+                      rf"\('{model.name}/keras_bn': a Keras BatchNormalization"):
         fused, report = frozenbn.fuse(model)
 
-    reasons = dict(report.left)
-    assert report.fused == []
+    reasons = testing.by_name(model, report.left)
+    assert report.pairs == []
     assert "convert(model)" in reasons["keras_bn"]
     assert "frozen=False" in reasons["unfrozen_bn"]
     assert "activation 'relu'" in reasons["relu_bn"]
@@ -223,7 +224,7 @@ def test_fit_trains_the_same_variables_and_never_the_statistics():
         )
     )
     fused, report = frozenbn.fuse(model)
-    assert len(report.fused) == 2
+    assert len(report.pairs) == 2
     _set_mode(fused, "kernel")
     assert [w.path for w in fused.non_trainable_weights] == [
         w.path for w in model.non_trainable_weights
@@ -278,12 +279,19 @@ def test_unfuse_gives_back_the_trained_layers(tmp_path):
         )
     )
     fused, report = frozenbn.fuse(model)
-    assert sorted(report.fused) == [("conv", "bn"), ("head", "head_bn")]
+    root = model.name
+    assert sorted(report.pairs) == [
+        (f"{root}/backbone/conv", f"{root}/backbone/bn"),
+        (f"{root}/head", f"{root}/head_bn")]
     for weight in fused.trainable_weights:  # "training"
         weight.assign(weight + 0.25)
 
-    unfused = frozenbn.unfuse(fused)
+    unfused, unfuse_report = frozenbn.unfuse(fused)
 
+    # The paths of the split layers, in the copy (named as `model`).
+    assert sorted(unfuse_report.pairs) == sorted(report.pairs)
+    assert unfuse_report.left == [] and str(unfuse_report).startswith(
+        "Unfused 2 BatchNormalization layer(s), left 0.")
     assert [layer.name for layer in unfused.layers] == [
         "backbone",
         "head",
@@ -301,11 +309,12 @@ def test_unfuse_gives_back_the_trained_layers(tmp_path):
     expected = testing.to_numpy(fused(x, training=False))
     _assert_close(expected, testing.to_numpy(unfused(x, training=False)))
     folded, fold_report = frozenbn.fold(unfused)
-    assert len(fold_report.folded) == 2
+    assert len(fold_report.pairs) == 2
     _assert_close(expected, testing.to_numpy(folded(x, training=False)))
     # fold on the fused model itself says what to do.
     _, fold_report = frozenbn.fold(fused)
-    assert "frozenbn.unfuse" in dict(fold_report.left)["bn"]
+    assert "frozenbn.unfuse" in dict(fold_report.left)[
+        f"{fused.name}/backbone/conv_fused/bn"]
 
 
 def test_fused_model_saves_and_loads(tmp_path):
@@ -363,7 +372,7 @@ def test_applications_in_a_sequential_head(name, count):
 
     fused, report = frozenbn.fuse(model)
 
-    assert len(report.fused) == count and report.left == []
+    assert len(report.pairs) == count and report.left == []
     assert frozenbn._walk.batch_norm_layers(fused)  # held by FusedBatchNorm
     assert fused.layers[0] is not backbone
     x = np.random.default_rng(6).uniform(0, 1, (2, 32, 32, 3)).astype(

@@ -198,36 +198,38 @@ def test_keras_file_round_trip(case, tmp_path):
 
 
 def _assert_every_bn_decided(model, paired, left):
-    """Each BN layer of `model` is paired or left, and every left one says why."""
+    """Each BN layer of `model` is paired or left, by its path, and every
+    left one says why."""
     decided = [bn for _, bn in paired] + [bn for bn, _ in left]
+    paths = frozenbn._walk.paths(model)
     layers = testing.layers_of(model, KERAS_BN)
-    assert sorted(decided) == sorted(layer.name for layer in layers)
+    assert sorted(decided) == sorted(paths[id(layer)] for layer in layers)
     assert all(reason for _, reason in left)
 
 
 def test_fold_matches_and_reports_every_layer(case):
     folded, report = frozenbn.fold(case.model)
-    _assert_every_bn_decided(case.model, report.folded, report.left)
+    _assert_every_bn_decided(case.model, report.pairs, report.left)
     kept = testing.count_layers(folded, KERAS_BN)
     called = testing.called_layers(case.model, case.x, KERAS_BN)
     assert kept <= len(report.left)
-    assert len(report.folded) + kept >= len(called)
+    assert len(report.pairs) + kept >= len(called)
     testing.assert_outputs_close(
         case.reference, testing.outputs(folded, case.x), case.tolerance, 1e-5
     )
     if case.floor_reaches_outputs:
-        testing.assert_pairs_exact(case.model, frozenbn.fold, report.folded)
+        testing.assert_pairs_exact(case.model, frozenbn.fold, report.pairs)
 
 
 def test_fuse_matches_and_unfuse_restores(case, caplog):
     with caplog.at_level(logging.WARNING, logger="frozenbn"):
         fused, report = frozenbn.fuse(case.converted)
-    _assert_every_bn_decided(case.converted, report.fused, report.left)
+    _assert_every_bn_decided(case.converted, report.pairs, report.left)
     testing.assert_outputs_close(
         case.reference, testing.outputs(fused, case.x), case.tolerance, 1e-5
     )
     if case.floor_reaches_outputs:
-        testing.assert_pairs_exact(case.converted, frozenbn.fuse, report.fused)
+        testing.assert_pairs_exact(case.converted, frozenbn.fuse, report.pairs)
     if "reused layer(s)" in caplog.text:
         # fuse said it reused a layer that its config does not rebuild:
         # the fused model cannot be copied again, and unfuse refuses with
@@ -236,7 +238,8 @@ def test_fuse_matches_and_unfuse_restores(case, caplog):
             frozenbn.unfuse(fused)
         assert any(f"'{l.name}'" in str(error.value) for l in fused._flatten_layers())
         return
-    unfused = frozenbn.unfuse(fused)
+    unfused, unfuse_report = frozenbn.unfuse(fused)
+    assert len(unfuse_report.pairs) == len(report.pairs)
     assert testing.count_layers(unfused, FusedBatchNorm) == 0
     testing.assert_outputs_close(
         case.reference, testing.outputs(unfused, case.x), case.tolerance, 1e-5

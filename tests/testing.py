@@ -1,7 +1,6 @@
 """Shared checks for frozenbn's tests (our own, not `keras.src.testing`)."""
 
 import contextlib
-import dataclasses
 import importlib.util
 import json
 import os
@@ -166,7 +165,7 @@ def rounding_floor(model, x, reference):
 def assert_pairs_exact(model, rewrite, pairs):
     """Each (layer, BN) pair of `model`, rewritten alone, is exact.
 
-    For each `(layer name, BN name)` of a fold or fuse report, a copy of the
+    For each `(layer path, BN path)` of a fold or fuse report, a copy of the
     two layers (same weights) is rewritten by `rewrite` (`frozenbn.fold` or
     `frozenbn.fuse`) as a model of its own and compared with them, in
     inference mode, on random inputs of the pair's input shape, within 1e-5
@@ -176,17 +175,20 @@ def assert_pairs_exact(model, rewrite, pairs):
     (`rounding_floor`).
     """
     from frozenbn import _clone
+    from frozenbn import _walk
 
+    paths = _walk.paths(model)
+    at = {paths[id(layer)]: layer for layer in _walk.iter_layers(model)}
     rng = np.random.default_rng(0)
     for names in pairs:
-        layers = [_named(model, name) for name in names]
+        layers = [at[path] for path in names]
         shape = [16 if d is None else d for d in layers[0].input.shape[1:]]
         pair = keras.Sequential([keras.Input(shape)] + [
             _clone.copy_layer(layer) for layer in layers])
         for copy, layer in zip(pair.layers, layers):
             copy.set_weights(layer.get_weights())
         rewritten, report = rewrite(pair)
-        assert len(dataclasses.astuple(report)[0]) == 1, (names, report)
+        assert len(report.pairs) == 1, (names, report)
         x = rng.normal(size=[2] + shape).astype("float32")
         expected = to_numpy(pair(x)).astype("float64")
         error = np.max(np.abs(to_numpy(rewritten(x)) - expected))
@@ -194,10 +196,16 @@ def assert_pairs_exact(model, rewrite, pairs):
         assert error <= 1e-5 * scale + 1e-6, (names, error, scale)
 
 
-def _named(model, name):
-    (layer,) = [layer for layer in layers_of(model, keras.layers.Layer)
-                if layer.name == name]
-    return layer
+def paths_in(model, *names):
+    """The paths a report gives layers `names` of `model` (at its top)."""
+    return tuple(f"{model.name}/{name}" for name in names)
+
+
+def by_name(model, entries):
+    """`{name: value}` for report entries `(path, value)` at `model`'s top."""
+    prefix = f"{model.name}/"
+    assert all(path.startswith(prefix) for path, _ in entries), entries
+    return {path[len(prefix):]: value for path, value in entries}
 
 
 def weights_of(model):
