@@ -1,6 +1,6 @@
 """Running one step of a statistics pass compiled, on every backend.
 
-`frozenbn._measure.Program` describes one step as a pure function
+`frozenbn._stats` describes one step as a pure function
 `body(run_model, state, x, batch_index) -> (state, outputs)` in
 `keras.ops`. `Step` runs it the fastest honest way each backend offers:
 
@@ -44,15 +44,16 @@ class Step:
         model: The model `body` runs.
         body: `body(run_model, state, x, batch_index) -> (state, outputs)`;
             `run_model(x, **kwargs)` calls the model.
-        distribute: Whether to spread batches over the replicas/devices of
-            the model's `tf.distribute` strategy or `keras.distribution`.
+
+    Batches go to the replicas/devices of the model's `tf.distribute`
+    strategy or `keras.distribution` (`frozenbn._distribute.placement`).
     """
 
-    def __init__(self, model, body, distribute: bool = True):
+    def __init__(self, model, body):
         self._model = model
         self._body = body
         self._backend = keras.config.backend()
-        self._where = _distribute.placement(model) if distribute else None
+        self._where = _distribute.placement(model)
         tensorflow = self._backend == "tensorflow"
         self._strategy = self._where if tensorflow else None
         self._pending = None
@@ -97,7 +98,7 @@ class Step:
             else:
                 result = self._eager_call(state, x, index)
         self._bound_dispatch(result[0])
-        return result
+        return result[0], _distribute.local_outputs(self._where, result[1])
 
     def finish(self, state):
         """The state pooled over all replicas and workers, as NumPy arrays."""

@@ -64,10 +64,44 @@ def place_state(where, state):
 
 
 def pool_replicas(where, state):
-    """The state pooled over all replicas and workers, as NumPy arrays."""
+    """The state pooled over all replicas and workers, as NumPy arrays.
+
+    The state is a statistics pass's `(count, shift, mean, m2,
+    first_bad_batch)`, flat over channels; in the result a channel's
+    `first_bad_batch` is `REMOTE_BAD` where only another replica or worker
+    saw a non-finite batch.
+    """
     if where is not None and keras.config.backend() == "tensorflow":
         return _tf_all_reduce(where, state)
     return keras.tree.map_structure(_to_numpy, state)
+
+
+def local_outputs(where, outputs):
+    """A step's outputs for this process's batch: under a `tf.distribute`
+    strategy the local replicas' parts joined in the order the batch was
+    split, under a multi-process `keras.distribution` this process's rows
+    of the global outputs; else the outputs as they are."""
+    if outputs is None or where is None:
+        return outputs
+    if keras.config.backend() == "jax":
+        return keras.tree.map_structure(_jax_local_part, outputs)
+    tf = _tf()
+
+    def join(value):
+        parts = where.experimental_local_results(value)
+        return tf.concat(parts, axis=0) if len(parts) > 1 else parts[0]
+
+    return tf.nest.map_structure(join, outputs)
+
+
+def _jax_local_part(array):
+    """This process's rows of a global array sharded over the batch."""
+    if array.is_fully_addressable:
+        return array
+    rows = {}
+    for shard in array.addressable_shards:
+        rows.setdefault(shard.index[0].start or 0, shard.data)
+    return np.concatenate([np.asarray(rows[start]) for start in sorted(rows)])
 
 
 def cross_replica_sum():
@@ -99,8 +133,6 @@ def _to_numpy(t):
 
 def _tf_all_reduce(strategy, state):
     tf = _tf()
-    replicas = _local_states(strategy, state)
-    sizes = [int(layer[2].shape[0]) for layer in replicas[0]]
 
     def reduce(replica_state):
         context = tf.distribute.get_replica_context()
@@ -108,14 +140,9 @@ def _tf_all_reduce(strategy, state):
         def sum_all(tensors):
             return context.all_reduce("sum", list(tensors))
 
-        def flat(i):
-            return tf.concat([s[i] for s in replica_state], 0)
-
-        count = tf.concat(
-            [tf.fill([c], s[0]) for c, s in zip(sizes, replica_state)], 0
-        )
-        shift, mean, m2 = flat(1), flat(2), flat(3)
-        bad = tf.stack([tf.cast(s[4] >= 0, "float32") for s in replica_state])
+        # Copies made on the replica's device: collectives refuse a
+        # function argument, which has none (MultiWorkerMirroredStrategy).
+        count, shift, mean, m2, bad = (tf.identity(t) for t in replica_state)
         # Re-express every replica's mean about one shared shift (the
         # average of the replicas' shifts), so float32 stays exact.
         seen = tf.cast(count > 0, "float32")
@@ -123,31 +150,21 @@ def _tf_all_reduce(strategy, state):
         common = shift_sum / tf.maximum(seen_sum, 1.0)
         mean = tf.where(count > 0, (shift - common) + mean, 0.0)
         count, mean, m2 = _math.all_reduce_moments(count, mean, m2, sum_all)
-        return count, common, mean, m2, sum_all([bad])[0]
+        anywhere = sum_all([tf.cast(bad >= 0, "float32")])[0]
+        return count, common, mean, m2, anywhere
 
     reduced = tf.function(lambda s: strategy.run(reduce, args=(s,)))(state)
     count, shift, mean, m2, anywhere = (
         np.asarray(strategy.experimental_local_results(t)[0])
         for t in reduced
     )
-    pooled, start = [], 0
-    for i, size in enumerate(sizes):
-        seen = [int(r[i][4]) for r in replicas if int(r[i][4]) >= 0]
-        bad = min(seen) if seen else -1
-        if bad < 0 and anywhere[i] > 0:
-            bad = REMOTE_BAD
-        stop = start + size
-        pooled.append(
-            (
-                count[start] if size else 0.0,
-                shift[start:stop],
-                mean[start:stop],
-                m2[start:stop],
-                bad,
-            )
-        )
-        start = stop
-    return tuple(pooled)
+    # The first bad batch this worker's replicas saw, per channel.
+    bad = np.full(count.shape, -1, "int32")
+    for local in strategy.experimental_local_results(state[4]):
+        local = np.asarray(local)
+        bad = np.where((local >= 0) & ((bad < 0) | (local < bad)), local, bad)
+    bad = np.where((bad < 0) & (anywhere > 0), REMOTE_BAD, bad)
+    return count, shift, mean, m2, bad
 
 
 def _tf():
@@ -193,16 +210,6 @@ def _tf_split_over_replicas(strategy, x):
         return keras.tree.map_structure(tf.constant, part)
 
     return strategy.experimental_distribute_values_from_function(value)
-
-
-def _local_states(strategy, state):
-    """The state of each local replica, as a list of nested tuples."""
-    flat = keras.tree.flatten(state)
-    locals_ = [strategy.experimental_local_results(t) for t in flat]
-    return [
-        keras.tree.pack_sequence_as(state, [values[r] for values in locals_])
-        for r in range(len(locals_[0]))
-    ]
 
 
 def _jax_distribute(distribution, x):

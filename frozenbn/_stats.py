@@ -1,33 +1,38 @@
 """One statistics pass over a model's BatchNormalization layers.
 
-Shared by `recalibrate` (which writes the result) and `audit` (which
-compares it with the moving statistics). A `StatisticsPass` routes the
-selected BN layers through a measuring `call` that computes each input's
-per-channel moments (`frozenbn._math.batch_moments`) and normalizes as
-`fit` would; the moments are pooled on the device, batch after batch, with
-Chan's update (`frozenbn._math.pool_moments`), inside one compiled step per
-batch (`frozenbn._compile.Step`: `tf.function`, `jax.jit`, torch without
-autograd). Nothing is copied to the host until the pass ends; then the
-states of all replicas and workers are pooled, checked for NaN/inf and
-returned as float64 `PooledMoments`.
+Shared by `recalibrate` (which writes the result), `audit` (which compares
+it with the moving statistics) and `callbacks.PreciseBN`. A
+`StatisticsPass` puts a measuring `call` on each selected BN layer (on the
+instance only): it takes the per-channel moments of the layer's input about
+a shift (the first input position the layer saw, so float32 is exact even
+when `|mean| >> std`) and normalizes as `fit` would. The moments are pooled
+on the device, batch after batch, with Chan's update
+(`frozenbn._math.pool_moments`), inside one compiled step per batch
+(`frozenbn._compile.Step`: `tf.function`, `jax.jit`, torch without
+autograd); the Python of the measuring call runs when the step is traced.
+Nothing is copied to the host until the pass ends; then the states of all
+replicas and workers are pooled, checked for NaN/inf and returned as
+float64 `PooledMoments`.
 """
 
+import threading
 from typing import Dict
 from typing import List
 from typing import Optional
 
 import keras
 import numpy as np
+from keras import ops
 
+from frozenbn import _compile
 from frozenbn import _distribute
 from frozenbn import _math
-from frozenbn import _measure
 from frozenbn import _walk
 from frozenbn.layers import Frozen
 
 # How each measured BN layer normalizes during a statistics pass.
-BATCH = _measure.BATCH  # with the current batch's statistics (BN in `fit`)
-AS_IN_FIT = _measure.AS_IN_FIT  # batch or moving statistics, as `fit` would
+BATCH = "batch"  # with the current batch's statistics (BN in `fit`)
+AS_IN_FIT = "as_in_fit"  # batch or moving statistics, as `fit` would
 
 _PROGRAMS_ATTRIBUTE = "_frozenbn_statistics_programs"
 _PROGRAMS_PER_MODEL = 4
@@ -150,8 +155,10 @@ class StatisticsPass:
         outputs: Whether `step` returns the model's outputs `(as_in_fit,
             inference)`; otherwise it returns None and the compiled step
             skips the layers after the last BN layer.
-        distribute: Whether to spread batches over the replicas or devices
-            of the model's distribution and pool across workers.
+
+    Batches are spread over the replicas or devices of the model's
+    distribution and the statistics pooled across workers
+    (`frozenbn._distribute`).
     """
 
     def __init__(
@@ -161,11 +168,10 @@ class StatisticsPass:
         mode: str = BATCH,
         batch_in_fit: Optional[Dict[int, bool]] = None,
         outputs: bool = False,
-        distribute: bool = True,
     ):
         self._model = model
         self._program = _program(
-            model, list(layers), mode, batch_in_fit or {}, outputs, distribute
+            model, list(layers), mode, batch_in_fit or {}, outputs
         )
         self._saved = []
         self._state = None
@@ -223,17 +229,25 @@ class StatisticsPass:
     def result(self) -> PooledStatistics:
         """The pooled statistics; raises `ValueError` for NaN/inf moments."""
         program = self._program
-        pooled = program.step.finish(self._state)
-        check_finite_statistics(
-            program.layers, [int(p[4]) for p in pooled], program.order
-        )
+        count, shift, mean, m2, bad = program.step.finish(self._state)
+        firsts = []
+        for start, stop in program.slices:
+            seen = bad[start:stop]
+            local = seen[seen >= 0]
+            remote = np.any(seen == _distribute.REMOTE_BAD)
+            firsts.append(int(local.min()) if local.size else
+                          _distribute.REMOTE_BAD if remote else -1)
+        check_finite_statistics(program.layers, firsts, program.order)
         return PooledStatistics(
             program.layers,
             [
                 _math.PooledMoments.from_state(
-                    count, np.asarray(shift, np.float64) + mean, m2
+                    count[start] if stop > start else 0.0,
+                    np.asarray(shift[start:stop], np.float64)
+                    + mean[start:stop],
+                    m2[start:stop],
                 )
-                for count, shift, mean, m2, _ in pooled
+                for start, stop in program.slices
             ],
         )
 
@@ -246,7 +260,7 @@ class StatisticsPass:
                 _set_call(layer, original)
 
 
-def _program(model, layers, mode, batch_in_fit, outputs, distribute):
+def _program(model, layers, mode, batch_in_fit, outputs):
     """The cached `_Program` for this model and configuration, or a new one.
 
     Cached on the model, like Keras's own `predict_function`, so repeated
@@ -256,12 +270,11 @@ def _program(model, layers, mode, batch_in_fit, outputs, distribute):
     key = (
         mode,
         outputs,
-        distribute,
         tuple(
             (id(layer), type(layer), batch_in_fit.get(id(layer), True))
             for layer in layers
         ),
-        _distribute.placement(model) if distribute else None,
+        _distribute.placement(model),
         getattr(model, "run_eagerly", None),
         getattr(model, "jit_compile", None),
     )
@@ -273,10 +286,222 @@ def _program(model, layers, mode, batch_in_fit, outputs, distribute):
     if program is None:
         while len(programs) >= _PROGRAMS_PER_MODEL:
             programs.pop(next(iter(programs)))
-        program = programs[key] = _measure.Program(
-            model, layers, mode, batch_in_fit, outputs, distribute
+        program = programs[key] = _Program(
+            model, layers, mode, batch_in_fit, outputs
         )
     return program
+
+
+class _Program:
+    """A measuring forward pass and its compiled step, for one model.
+
+    `measuring_call(layer, original)` makes the `call` that a
+    `StatisticsPass` puts on each measured layer; `step(state, x, index)`
+    runs one batch (see `frozenbn._compile.Step`); `initial_state(x)` is
+    the zero state. `order` lists layer indices in the order the forward
+    pass first calls them (filled while tracing).
+
+    The state is five flat tensors over the channels of all layers, layer
+    `i` at `slices[i]`: `(count, shift, mean, m2, first_bad_batch)`, so a
+    step passes five tensors, not five per layer, and pools every layer's
+    moments in one update (per call of a layer within a batch).
+    """
+
+    def __init__(self, model, layers, mode, batch_in_fit, outputs):
+        self.layers = layers
+        self.order = []  # layer indices, in the order of their first call
+        self._index = {id(layer): i for i, layer in enumerate(layers)}
+        self.mode = mode
+        self._batch_in_fit = batch_in_fit
+        self._outputs = outputs
+        self.slices = []  # (start, stop) of each layer in the flat state
+        # Per thread: MirroredStrategy runs each replica in its own thread.
+        self._local = threading.local()
+        self.step = _compile.Step(model, self._body)
+
+    def initial_state(self, x):
+        """Zero statistics, placed for the steps; builds the model if needed.
+
+        Per channel: `(count, shift, mean, m2, first_bad_batch)`, `mean` and
+        `m2` being taken about `shift`, a value of the data (the first
+        input position seen) so that float32 loses nothing when the mean
+        is large (see `frozenbn._math.pool_moments`).
+        """
+        if not all(layer.built for layer in self.layers):
+            # A model built on its first call: build it outside the
+            # compiled step, which must not create variables.
+            self.step.build(x)
+        self.slices, start = [], 0
+        for layer in self.layers:
+            # A layer still unbuilt is never called: no channels to pool.
+            stop = start + (int(layer.moving_mean.shape[0]) if layer.built else 0)
+            self.slices.append((start, stop))
+            start = stop
+        zeros = np.zeros(start, "float32")
+        return self.step.init_state(
+            (zeros, zeros, zeros, zeros, np.full(start, -1, "int32")))
+
+    def _body(self, run_model, state, x, batch_index):
+        local = self._local
+        local.state = state
+        local.calls = []
+        try:
+            # As in `fit`: the model is called with `training=True`, so that
+            # layers which pass their own `training` default on (keras-hub
+            # blocks default to False) hand BN what `fit` hands it. In BATCH
+            # mode every measured layer uses batch statistics anyway.
+            if self.mode == AS_IN_FIT:
+                fit_outputs = run_model(x, training=True)
+            else:
+                fit_outputs = run_model(x)
+            calls, local.calls = local.calls, None
+            inference_outputs = None
+            if self._outputs:
+                inference_outputs = run_model(x, training=False)
+        finally:
+            local.calls = local.state = None
+        while calls:
+            # One update for the first call of every layer, then one for
+            # the second calls of layers called twice, and so on.
+            now, later = {}, []
+            for call in calls:
+                if call[0] in now:
+                    later.append(call)
+                else:
+                    now[call[0]] = call
+            state = self._pool(state, now, batch_index)
+            calls = later
+        if not self._outputs:
+            return state, None
+        return state, (fit_outputs, inference_outputs)
+
+    def _pool(self, state, calls, batch_index):
+        """`state` with `calls` (`{layer index: one call's moments}`) pooled
+        in, all layers in one update; layers not in `calls` are unchanged."""
+        n, old_shift, mu, m2, bad = state
+        means, variances, counts, shifts = [], [], [], []
+        for index, (start, stop) in enumerate(self.slices):
+            if index in calls:
+                _, mean, var, count, shift = calls[index]
+                count = ops.cast(count, "float32")
+            else:
+                mean = var = shift = ops.zeros((stop - start,), "float32")
+                count = ops.zeros((), "float32")
+            means.append(ops.cast(mean, "float32"))
+            variances.append(ops.cast(var, "float32"))
+            counts.append(ops.broadcast_to(count, (stop - start,)))
+            shifts.append(ops.cast(shift, "float32"))
+        mean, var, nb, shift = (ops.concatenate(parts) for parts in
+                                (means, variances, counts, shifts))
+        finite = ops.logical_and(ops.isfinite(mean), ops.isfinite(var))
+        bad = ops.where(
+            ops.logical_and(
+                bad < 0, ops.logical_and(nb > 0, ops.logical_not(finite))
+            ),
+            ops.cast(batch_index, "int32"),
+            bad,
+        )
+        # The first batch a layer sees fixes its shift; a second call in
+        # that batch may have taken another one: re-express its mean.
+        new_shift = ops.where(ops.logical_and(n <= 0, nb > 0), shift, old_shift)
+        mean = mean + (shift - new_shift)
+        n, mu, m2 = _math.pool_moments((n, mu, m2), mean, var, nb)
+        return n, new_shift, mu, m2, bad
+
+    def measuring_call(self, layer, original):
+        index = self._index[id(layer)]
+        local, order, mode = self._local, self.order, self.mode
+        batch_in_fit = self._batch_in_fit.get(id(layer), True)
+
+        def call(inputs, training=None, mask=None):
+            calls = getattr(local, "calls", None)
+            if calls is None:  # not measuring: the layer's own call
+                return original(inputs, training=training, mask=mask)
+            if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
+                mask = None  # Keras BN raises here; statistics ignore it.
+            dtype = keras.backend.result_type(inputs.dtype, "float32")
+            x = ops.cast(inputs, dtype)
+            start, stop = self.slices[index]
+            count_so_far = local.state[0][start]
+            shift = local.state[1][start:stop]
+            shift = ops.where(
+                count_so_far > 0,
+                shift,
+                ops.cast(_first_position(x, layer.axis), "float32"),
+            )
+            shifted = x - _channel_vector(ops.cast(shift, dtype), x, layer.axis)
+            batch_normalizes = mode == BATCH or (
+                batch_in_fit and training is not False
+            )
+            fused = None
+            if mask is None and batch_normalizes and not layer.synchronized:
+                fused = _compile.fused_normalization(
+                    shifted,
+                    layer.axis,
+                    _cast(layer.gamma, dtype),
+                    _cast(layer.beta, dtype),
+                    layer.epsilon,
+                )
+            if fused is not None:
+                outputs, offset, var, count = fused
+            else:
+                offset, var, count = _math.batch_moments(
+                    shifted, layer.axis, mask
+                )
+            calls.append((index, offset, var, count, shift))
+            if index not in order:
+                order.append(index)
+            if fused is not None:
+                return ops.cast(outputs, layer.compute_dtype)
+            if batch_normalizes:
+                mean = ops.cast(shift, offset.dtype) + offset
+                mean, var = _normalizing_moments(layer, mean, var, count)
+            else:
+                mean, var = layer.moving_mean, layer.moving_variance
+            outputs = ops.batch_normalization(
+                x,
+                ops.cast(mean, dtype),
+                ops.cast(var, dtype),
+                axis=layer.axis,
+                offset=_cast(layer.beta, dtype),
+                scale=_cast(layer.gamma, dtype),
+                epsilon=layer.epsilon,
+            )
+            return ops.cast(outputs, layer.compute_dtype)
+
+        return call
+
+
+def _first_position(x, axis):
+    """The channel values at `x`'s first position (zeros for an empty batch)."""
+    rank = len(x.shape)
+    axis = axis % rank
+    first = x[
+        tuple(slice(None) if i == axis else slice(0, 1) for i in range(rank))
+    ]
+    return ops.sum(first, axis=[i for i in range(rank) if i != axis])
+
+
+def _cast(variable, dtype):
+    return None if variable is None else ops.cast(variable, dtype)
+
+
+def _channel_vector(vector, x, axis):
+    """`vector` (one value per channel) shaped to broadcast against `x`."""
+    shape = [1] * len(x.shape)
+    shape[axis] = -1
+    return ops.reshape(vector, shape)
+
+
+def _normalizing_moments(layer, mean, var, count):
+    """The batch moments `fit` normalizes with: the global batch's for
+    `synchronized=True` layers under `tf.distribute`, else the replica's."""
+    sum_all = _distribute.cross_replica_sum() if layer.synchronized else None
+    if sum_all is None:
+        return mean, var
+    n = ops.cast(count, mean.dtype) * ops.ones_like(mean)
+    total, mean, m2 = _math.all_reduce_moments(n, mean, var * n, sum_all)
+    return mean, m2 / ops.maximum(total, 1.0)
 
 
 # Layers that `training=True` changes besides BatchNormalization; during an

@@ -266,7 +266,6 @@ def audit(
         mode=_stats.AS_IN_FIT,
         batch_in_fit=batch_in_fit,
         outputs=True,
-        distribute=False,
     ) as stats:
         progbar = keras.utils.Progbar(
             _data.count_steps(x, steps=steps, batch_size=batch_size),

@@ -74,6 +74,19 @@ def _statistics(model):
     }
 
 
+def _audit(model, x, y, **kwargs):
+    """What `frozenbn.audit` measured: losses and per-layer statistics."""
+    import frozenbn
+
+    report = frozenbn.audit(model, (x, y), loss="mse", verbose=0, **kwargs)
+    return {
+        "train_loss": report.train_loss,
+        "inference_loss": report.inference_loss,
+        "layers": {a.name: [a.mean_shift, a.variance_ratio, a.score]
+                   for a in report.layers},
+    }
+
+
 def _bn_names(model):
     return [
         layer.name
@@ -192,6 +205,13 @@ def run_tensorflow():
                 for name in _bn_names(single)
             },
         }
+    # audit under the strategy: each replica measures its half of each
+    # batch of 16, as one device measures batches of 8.
+    with strategy.scope():
+        mirrored = frozenbn.convert(_model(keras, {}), frozen=False)
+    single = frozenbn.convert(_model(keras, {}), frozen=False)
+    out["audit"] = {"mirrored": _audit(mirrored, x, y, batch_size=16),
+                    "single": _audit(single, x, y, batch_size=8)}
     return out
 
 
@@ -328,10 +348,17 @@ def run_jax_process(index, port):
     with distribution.scope():
         model = frozenbn.convert(_model(keras, {}))
         count = frozenbn.recalibrate(model, shard, batch_size=8, verbose=0)
+        # audit pools its statistics over both processes too; its losses
+        # are this process's.
+        audited = frozenbn.convert(_model(keras, {}), frozen=False)
+        x, y = _data()
+        halves = slice(index * 16, (index + 1) * 16)
+        audit = _audit(audited, x[halves], y[halves], batch_size=8)
     value = model.get_layer("bn_conv").moving_mean.value
     out = {
         "devices": len(jax.devices()),
         "count": count,
+        "audit": audit,
         "replicated": bool(value.sharding.is_fully_replicated),
         "statistics": {
             name: {
@@ -356,6 +383,11 @@ def run_jax_process(index, port):
         ]
         frozenbn.recalibrate(single, iter(batches), verbose=0)
         out["single"] = _statistics(single)
+        single = frozenbn.convert(_model(keras, {}), frozen=False)
+        out["audit_single"] = _audit(single, iter(
+            (np.concatenate([x[b:b + 8], x[16 + b:16 + b + 8]]),
+             np.concatenate([y[b:b + 8], y[16 + b:16 + b + 8]]))
+            for b in (0, 8)))
     return out
 
 

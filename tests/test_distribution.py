@@ -190,6 +190,20 @@ def test_mirrored_recalibrate_equals_single_device(tf_result, case):
 
 
 @TF_SCENARIO
+def test_mirrored_audit_equals_single_device(tf_result):
+    """audit pools over the replicas: each measures its half of a batch of
+    16, as one device measures batches of 8 (statistics and losses)."""
+    mirrored, single = tf_result["audit"]["mirrored"], tf_result["audit"]["single"]
+    assert sorted(mirrored["layers"]) == ["bn_conv", "bn_dense"]
+    np.testing.assert_allclose(
+        [mirrored["train_loss"], mirrored["inference_loss"]],
+        [single["train_loss"], single["inference_loss"]], rtol=1e-5)
+    for name, values in mirrored["layers"].items():
+        np.testing.assert_allclose(values, single["layers"][name], rtol=1e-4)
+    assert single["inference_loss"] > 1.5 * single["train_loss"]
+
+
+@TF_SCENARIO
 def test_multi_worker_recalibrate_pools_the_shards_of_all_workers():
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
@@ -223,6 +237,18 @@ def test_jax_processes_recalibrate_pools_the_shards_of_all_processes():
     assert first["replicated"] and second["replicated"]
     _assert_statistics_equal(first["statistics"], first["single"])
     _assert_statistics_equal(second["statistics"], first["single"])
+    # audit: the layers' statistics of both processes' data, as one process
+    # measures the global batches; each process's losses are those of its
+    # own half (16 images each, so their mean is the global batches' loss).
+    single = first["audit_single"]
+    for got in (first["audit"], second["audit"]):
+        assert sorted(got["layers"]) == ["bn_conv", "bn_dense"]
+        for name, values in got["layers"].items():
+            np.testing.assert_allclose(values, single["layers"][name], rtol=1e-4)
+    for key in ("train_loss", "inference_loss"):
+        np.testing.assert_allclose(
+            (first["audit"][key] + second["audit"][key]) / 2, single[key],
+            rtol=1e-5)
 
 
 @JAX_SCENARIO
