@@ -74,11 +74,11 @@ def _statistics(model):
     }
 
 
-def _audit(model, x, y, **kwargs):
+def _audit(model, data, **kwargs):
     """What `frozenbn.audit` measured: losses and per-layer statistics."""
     import frozenbn
 
-    report = frozenbn.audit(model, (x, y), loss="mse", verbose=0, **kwargs)
+    report = frozenbn.audit(model, data, loss="mse", verbose=0, **kwargs)
     return {
         "train_loss": report.train_loss,
         "inference_loss": report.inference_loss,
@@ -210,8 +210,8 @@ def run_tensorflow():
     with strategy.scope():
         mirrored = frozenbn.convert(_model(keras, {}), frozen=False)
     single = frozenbn.convert(_model(keras, {}), frozen=False)
-    out["audit"] = {"mirrored": _audit(mirrored, x, y, batch_size=16),
-                    "single": _audit(single, x, y, batch_size=8)}
+    out["audit"] = {"mirrored": _audit(mirrored, (x, y), batch_size=16),
+                    "single": _audit(single, (x, y), batch_size=8)}
     return out
 
 
@@ -353,7 +353,7 @@ def run_jax_process(index, port):
         audited = frozenbn.convert(_model(keras, {}), frozen=False)
         x, y = _data()
         halves = slice(index * 16, (index + 1) * 16)
-        audit = _audit(audited, x[halves], y[halves], batch_size=8)
+        audit = _audit(audited, (x[halves], y[halves]), batch_size=8)
     value = model.get_layer("bn_conv").moving_mean.value
     out = {
         "devices": len(jax.devices()),
