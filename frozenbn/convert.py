@@ -55,6 +55,13 @@ def convert(
     _checks.check_bool("inplace", inplace)
     selected = _walk.batch_norm_layers(model, include)
     _check_convertible(selected)
+    if not selected:
+        count = len(_walk.batch_norm_layers(model))
+        why = (f"`include` selects none of its {count} BatchNormalization "
+               "layer(s)" if count else "it has no BatchNormalization layer")
+        result = "the model as it was" if inplace else "a plain copy"
+        warnings.warn(f"frozenbn.convert changed nothing: {why}. The result "
+                      f"is {result}.", stacklevel=2)
     if inplace:
         _swap(selected, frozen)
         _warn_if_config_forgets(model)

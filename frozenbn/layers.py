@@ -118,32 +118,9 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
 
     So the classic Keras recipe `backbone.trainable = True` (unfreeze the
     backbone to fine-tune it) does not unfreeze the statistics; only
-    `layer.frozen = False` (or `frozenbn.unfreeze(model)`) does.
-
-    `frozen` is a settable attribute. Like `trainable`, its value is read
-    when Keras traces the train/predict functions, so after changing it on a
-    compiled model call `model.compile(...)` again (or
-    `model.make_train_function(force=True)`) before the next `fit()`.
-    Eager calls see the change at once.
-
-    Under a mixed-precision policy the layer computes in float32 and casts
-    the result to the compute dtype, as Keras BN does.
-
-    Speed and exactness: the forward pass of a frozen layer is always
-    Keras's own inference op, so its outputs are bit-exact in every mode.
-    Training gamma and beta costs two extra reductions over the activations
-    in the backward pass. On the TensorFlow and torch backends, a frozen
-    layer whose gamma or beta is trainable (no mask, no renorm, float32
-    compute, channels last or 4D channels first) therefore takes its
-    gradients from the backend's fused inference-mode kernel
-    (TensorFlow's `FusedBatchNormGradV2`, torch's
-    `native_batch_norm_backward`), which computes the gradients of the
-    inputs, gamma and beta in one pass; they equal autodiff of the Keras op
-    up to float32 rounding. On JAX, XLA fuses autodiff's reductions. The
-    fused forward kernel was measured and rejected: no faster, and not
-    bit-exact. Measured speed-ups are in docs/benchmarks.md; for the cost of
-    the BN-folded network while still training gamma/beta, see
-    `frozenbn.fuse`.
+    `layer.frozen = False` (or `frozenbn.unfreeze(model)`) does. `frozen` is
+    settable; recompile a compiled model after changing it. docs/api.md
+    says how the gradients of a frozen layer are computed.
 
     Args:
         frozen: Python bool. If `True`, normalize with the moving statistics

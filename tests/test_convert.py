@@ -153,6 +153,23 @@ def test_include_selects_layers(resnet):
     assert len(_bn_layers(converted)) == 53
 
 
+def test_convert_says_when_it_changes_nothing():
+    dense = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.warns(UserWarning, match=r"^frozenbn.convert changed nothing: "
+                      r"it has no BatchNormalization layer. The result is a "
+                      r"plain copy.$"):
+        copy = frozenbn.convert(dense)
+    assert copy is not dense and len(copy.layers) == 1
+    model = keras.Sequential([keras.Input((3,)),
+                              keras.layers.BatchNormalization()])
+    with pytest.warns(UserWarning, match=r"`include` selects none of its 1 "
+                      r"BatchNormalization layer\(s\). The result is the "
+                      r"model as it was.$"):
+        assert frozenbn.convert(model, include=lambda layer: False,
+                                inplace=True) is model
+    assert type(model.layers[0]) is keras.layers.BatchNormalization
+
+
 def test_idempotent_and_flag_applied(resnet):
     once = frozenbn.convert(resnet)
     twice = frozenbn.convert(once)
