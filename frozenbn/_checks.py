@@ -136,6 +136,16 @@ def check_is_layer(obj: Any, function_name: str) -> None:
         )
 
 
+def warn_unchanged(tool: str, why: str, result: Optional[str] = None,
+                   stacklevel: int = 2) -> None:
+    """The one wording of a call that changed nothing: `frozenbn.TOOL
+    changed nothing: WHY.`, then `The result is RESULT.` when given.
+    `stacklevel` is what `warnings.warn` would take at the call site."""
+    tail = f" The result is {result}." if result else ""
+    warnings.warn(f"frozenbn.{tool} changed nothing: {why}.{tail}",
+                  stacklevel=stacklevel + 1)
+
+
 def one_line(error: Any, limit: Optional[int] = 300) -> str:
     """An error (or warning) message on one line, cut at `limit` characters.
 

@@ -217,8 +217,7 @@ class Rewriter:
                    f"qualifies ('{self.left[0][0]}': {self.left[0][1]}; the "
                    "report gives each)" if self.left
                    else "it has no BatchNormalization layer")
-            warnings.warn(f"frozenbn.{self.tool} changed nothing: {why}. The "
-                          "result is a plain copy.", stacklevel=3)
+            _checks.warn_unchanged(self.tool, why, "a plain copy", stacklevel=3)
         return copy
 
     def _rewrite(self, model: keras.Model, path: str) -> keras.Model:

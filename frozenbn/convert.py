@@ -59,9 +59,8 @@ def convert(
         count = len(_walk.batch_norm_layers(model))
         why = (f"`include` selects none of its {count} BatchNormalization "
                "layer(s)" if count else "it has no BatchNormalization layer")
-        result = "the model as it was" if inplace else "a plain copy"
-        warnings.warn(f"frozenbn.convert changed nothing: {why}. The result "
-                      f"is {result}.", stacklevel=2)
+        _checks.warn_unchanged(
+            "convert", why, "the model as it was" if inplace else "a plain copy")
     if inplace:
         _swap(selected, frozen)
         _warn_if_config_forgets(model)
@@ -143,7 +142,7 @@ def _set_frozen(model, frozen, include, name) -> int:
                "(`frozenbn.convert(model)`)")
     else:
         why = "it has no BatchNormalization layer"
-    warnings.warn(f"frozenbn.{name} changed nothing: {why}.", stacklevel=3)
+    _checks.warn_unchanged(name, why, stacklevel=3)
     return 0
 
 

@@ -2,13 +2,13 @@
 
 import logging
 import math
-import warnings
 from typing import Any
 from typing import Tuple
 
 import keras
 from keras import ops
 
+from frozenbn import _checks
 from frozenbn import _clone
 from frozenbn import _graph
 from frozenbn import _math
@@ -110,9 +110,9 @@ def unfuse(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
         copy = _unfuse(private, reused, model.name, report.pairs)
         _graph.warn_reused("unfuse", reused, names)
     if not report.pairs:
-        warnings.warn(f"frozenbn.unfuse changed nothing: model "
-                      f"'{model.name}' has no FusedBatchNorm layer. The "
-                      "result is a plain copy.", stacklevel=2)
+        _checks.warn_unchanged(
+            "unfuse", f"model '{model.name}' has no FusedBatchNorm layer",
+            "a plain copy")
     return copy, report
 
 
