@@ -12,7 +12,9 @@ backbone:
 - inference throughput: stock, frozenbn and `frozenbn.fold`;
 - wall time of `frozenbn.convert` vs `keras.models.clone_model`;
 - the peak memory of a training step per arm, one fresh process each
-  (`speed_memory.py`);
+  (`speed_memory.py`; `--memory-jobs` runs them side by side);
+- on JAX, what XLA compiles each arm's step to: kernels, FLOPs and bytes
+  of the optimized module (`speed_compiled.py`);
 - exactness: frozenbn vs stock Keras `training=False`, fused vs frozenbn,
   folded vs stock (`speed_checks.py`);
 - optionally (`--torchvision-peer`, torch backend) torchvision's ResNet50
@@ -23,11 +25,13 @@ defaults (`jit_compile="auto"`: a `tf.function` graph without XLA on a
 CPU-only TensorFlow, XLA on a TensorFlow GPU, `jax.jit` on JAX, eager on
 torch): the very `train_function` that `fit()` builds, synchronised with
 the device by its Python-float results; inputs are backend tensors made
-once. Arms are interleaved (`speed_timing.py`); the report gives medians,
-quartiles and paired ratios, and checks the targets (`speed_report.py`).
+once. Arms are interleaved (`speed_timing.py`), and the check that
+compilation stayed out of the timed samples is recorded per arm
+(`warmup_check`); the report gives medians, quartiles and paired ratios,
+and checks the targets (`speed_report.py`).
 
 Writes `speed_<backend>_<device>.{json,md,png}` to `--out`, after every
-section (train, inference, peer, each memory arm, convert, in that order),
+section (train, compiled, inference, peer, each memory arm, convert),
 so a run cut short keeps what it measured; `complete` in the JSON says
 whether every section ran.
 
@@ -49,6 +53,7 @@ import keras  # noqa: E402  (after _common: the checkout's frozenbn first)
 import frozenbn  # noqa: E402
 import speed_arms  # noqa: E402
 import speed_checks  # noqa: E402
+import speed_compiled  # noqa: E402
 import speed_memory  # noqa: E402
 import speed_peer  # noqa: E402
 import speed_report  # noqa: E402
@@ -56,7 +61,7 @@ import speed_timing  # noqa: E402
 from frozenbn._report import fmt  # noqa: E402
 from frozenbn.demo.machine import environment_info  # noqa: E402
 
-SECTIONS = ("train", "inference", "convert", "memory")
+SECTIONS = ("train", "compiled", "inference", "convert", "memory")
 MEMORY_ARMS = "stock,keras_trainable_false,frozenbn,fused,folded"
 
 
@@ -78,6 +83,9 @@ def parse_args(argv=None):
                    help="comma-separated training arms")
     p.add_argument("--memory-arms", default=MEMORY_ARMS,
                    help="comma-separated arms whose step memory is measured")
+    p.add_argument("--memory-jobs", type=int, default=1,
+                   help="memory processes run at once (each measures its "
+                   "own peaks, so they may share the machine)")
     p.add_argument("--tiny", action="store_true",
                    help="smoke-test size: mini CNN, 16px, batch 4, 1 step, "
                    "2 repeats")
@@ -99,16 +107,17 @@ def parse_args(argv=None):
     return args
 
 
-def run_train(base, x, y, args) -> dict:
+def run_train(base, x, y, args, skip=()) -> dict:
     arms = [a for a in args.arms.split(",") if a]
     models = {name: speed_arms.TRAIN_ARMS[name](base) for name in arms}
     for model in models.values():
         speed_arms.compile_model(model, args.optimizer)
     print("training steps ...", flush=True)
-    timed = speed_timing.time_train(models, x, y, args)
+    timed, check = speed_timing.time_train(models, x, y, args)
     result = {
         "unit": "images/s",
         "arms": timed,
+        "warmup_check": check,
         "ratios_vs_stock": speed_timing.ratios(timed, "stock"),
         # Best sample per arm: the least disturbed by other load.
         "best_ratios_vs_stock": speed_timing.ratios(timed, "stock", "max"),
@@ -126,6 +135,10 @@ def run_train(base, x, y, args) -> dict:
                 "paired_ratios_vs_folded"):
         print(f"  {key}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in result[key].items()), flush=True)
+    _print_check(check)
+    if "compiled" not in skip and keras.config.backend() == "jax":
+        print("compiled steps ...", flush=True)
+        result["compiled"] = speed_compiled.profiles(models, x, y)
     return result
 
 
@@ -133,11 +146,13 @@ def run_inference(base, frozen, x, args) -> dict:
     folded, _ = frozenbn.fold(base)
     models = {"stock": base, "frozenbn": frozen, "folded": folded}
     print("inference ...", flush=True)
-    timed = speed_timing.time_inference(models, x, args)
+    timed, check = speed_timing.time_inference(models, x, args)
     _print_arms(timed, "images/s")
+    _print_check(check)
     return {
         "unit": "images/s",
         "arms": timed,
+        "warmup_check": check,
         "ratios_vs_stock": speed_timing.ratios(timed, "stock"),
         "paired_ratios_vs_stock": speed_timing.paired_ratios(timed, "stock"),
     }
@@ -205,7 +220,7 @@ def main(argv=None):
     # Written after every section, so a run stopped by a time limit (the
     # GPU script gives each part a budget) keeps what it measured.
     if "train" not in skip:
-        result["train"] = run_train(base, x, y, args)
+        result["train"] = run_train(base, x, y, args, skip)
         gc.collect()
         _write(result, path)
     if "inference" not in skip:
@@ -222,8 +237,10 @@ def main(argv=None):
     if "memory" not in skip:
         print("memory (one process per arm) ...", flush=True)
         result["memory"] = {"arms": {}, "note": speed_memory.NOTE}
-        for arm in (a for a in args.memory_arms.split(",") if a):
-            measured = speed_memory.measure([arm], args)["arms"]
+        arms = [a for a in args.memory_arms.split(",") if a]
+        jobs = max(1, args.memory_jobs)
+        for i in range(0, len(arms), jobs):
+            measured = speed_memory.measure(arms[i:i + jobs], args)["arms"]
             result["memory"]["arms"].update(measured)
             _write(result, path)
     if "convert" not in skip:
@@ -245,6 +262,13 @@ def _write(result: dict, path: str) -> None:
     _common.write_json(result, path + ".json")
     _common.write_text(speed_report.markdown(result), path + ".md")
     speed_report.plot(result, path + ".png")
+
+
+def _print_check(check):
+    for name, c in check.items():
+        print(f"  timed region of {name}: first sample "
+              f"{c['first_vs_median']:.2f}x the median, compiles "
+              f"{c['timed_compiles']}", flush=True)
 
 
 def _print_arms(arms, unit):

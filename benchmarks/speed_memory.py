@@ -45,8 +45,12 @@ _STATUS = "/proc/self/status"
 
 
 def measure(arms, args) -> dict:
-    """Runs each arm in a fresh subprocess; returns their measurements."""
-    results = {}
+    """Runs each arm in a fresh subprocess, all at once; returns their peaks.
+
+    Each process reads its own peaks (the kernel's and the backend's are
+    per process), so arms run side by side measure what they would alone.
+    """
+    procs = {}
     for arm in arms:
         command = [
             sys.executable,
@@ -58,16 +62,19 @@ def measure(arms, args) -> dict:
             "--optimizer", args.optimizer,
             "--steps", str(max(args.steps, 2)),
         ]
-        proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=1800
+        procs[arm] = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+    results = {}
+    for arm, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=1800)
         lines = [
             line[len(_MARK):]
-            for line in proc.stdout.splitlines()
+            for line in stdout.splitlines()
             if line.startswith(_MARK)
         ]
         if proc.returncode != 0 or not lines:
-            tail = (proc.stdout + proc.stderr)[-2000:]
+            tail = (stdout + stderr)[-2000:]
             raise RuntimeError(f"memory run of arm {arm!r} failed:\n{tail}")
         results[arm] = json.loads(lines[-1])
         print(f"  memory {arm}: {results[arm]}", flush=True)

@@ -2,7 +2,11 @@
 
 Arms are measured side by side: after a warm-up (tracing and compilation),
 every repeat runs each arm once, in an order rotated from one repeat to the
-next, so that drifting machine load hits all arms alike. Each sample records
+next, so that drifting machine load hits all arms alike. That compilation
+stayed outside the timed region is checked, not assumed: on JAX every trace
+and backend compile during the timed repeats is counted per arm (JAX's
+monitoring events), and on every backend each arm's first timed sample is
+compared with its median (`warmup_check`). Each sample records
 the wall time and the process's CPU time (all threads); on a shared machine
 the CPU time is the less disturbed of the two. Ratios are of medians, or
 "paired": the median over repeats of the ratio of two arms within the same
@@ -31,24 +35,83 @@ def stats(samples) -> dict:
     }
 
 
+class _Compiles:
+    """Counts JAX traces and backend compiles, per arm being run."""
+
+    _EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+               "/jax/core/compile/backend_compile_duration")
+    counts = None  # {arm: {event: n}} while counting; None off JAX
+    arm = None
+    _registered = False
+
+    @classmethod
+    def start(cls, names) -> None:
+        if keras.config.backend() != "jax":
+            cls.counts = None
+            return
+        if not cls._registered:
+            from jax import monitoring
+
+            monitoring.register_event_duration_secs_listener(cls._listen)
+            cls._registered = True
+        cls.counts = {name: {"traces": 0, "compiles": 0} for name in names}
+
+    @classmethod
+    def _listen(cls, event, _seconds, **_kwargs) -> None:
+        if cls.counts is not None and cls.arm in cls.counts and (
+            event in cls._EVENTS
+        ):
+            key = "traces" if "trace" in event else "compiles"
+            cls.counts[cls.arm][key] += 1
+
+    @classmethod
+    def stop(cls):
+        counts, cls.counts, cls.arm = cls.counts, None, None
+        return counts
+
+
 def interleaved(fns: dict, repeats: int, items: int) -> dict:
     """Runs each fn once per repeat, rotating the order.
 
     Returns per arm the stats of items/s (wall clock) plus `cpu_samples`,
-    the CPU seconds of each sample.
+    the CPU seconds of each sample, and `timed_compiles`: on JAX, the traces
+    and backend compiles that happened while the arm was timed (else None).
     """
     names = list(fns)
     wall = {name: [] for name in names}
     cpu = {name: [] for name in names}
+    _Compiles.start(names)
     for r in range(repeats):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            _Compiles.arm = name
             start, start_cpu = time.perf_counter(), time.process_time()
             fns[name]()
             cpu[name].append(time.process_time() - start_cpu)
             wall[name].append(items / (time.perf_counter() - start))
+    compiles = _Compiles.stop()
     return {
-        name: dict(stats(wall[name]), cpu_samples=cpu[name]) for name in names
+        name: dict(stats(wall[name]), cpu_samples=cpu[name],
+                   timed_compiles=compiles[name] if compiles else None)
+        for name in names
+    }
+
+
+def warmup_check(arms: dict, warmup: dict) -> dict:
+    """Evidence that compilation stayed out of the timed samples, per arm.
+
+    `warmup_s`: seconds of each warm-up sample; `timed_compiles`: JAX's
+    count of traces and compiles while timed (0 and 0, or None off JAX);
+    `first_vs_median`: the first timed sample's rate over the median (a
+    compile in it would put this far below 1).
+    """
+    return {
+        name: {
+            "warmup_s": warmup.get(name),
+            "timed_compiles": arm.get("timed_compiles"),
+            "first_vs_median": arm["samples"][0] / arm["median"],
+        }
+        for name, arm in arms.items()
     }
 
 
@@ -76,13 +139,18 @@ def paired_ratios(arms: dict, base: str, samples: str = "samples") -> dict:
     return out
 
 
-def warm_up(fns: dict, warmup: int) -> None:
+def warm_up(fns: dict, warmup: int) -> dict:
+    """Runs each fn `warmup` times; returns the seconds of each run."""
+    seconds = {}
     for name, fn in fns.items():
-        start = time.perf_counter()
+        seconds[name] = []
         for _ in range(warmup):
+            start = time.perf_counter()
             fn()
-        print(f"  warm-up {name}: {time.perf_counter() - start:.1f}s",
-              flush=True)
+            seconds[name].append(time.perf_counter() - start)
+        print(f"  warm-up {name}: "
+              + " + ".join(f"{s:.1f}s" for s in seconds[name]), flush=True)
+    return seconds
 
 
 def time_train(models: dict, x, y, args) -> dict:
@@ -96,8 +164,9 @@ def time_train(models: dict, x, y, args) -> dict:
         return run
 
     fns = {name: steps(model) for name, model in models.items()}
-    warm_up(fns, args.warmup)
-    return interleaved(fns, args.repeats, args.steps * args.batch_size)
+    warmup = warm_up(fns, args.warmup)
+    timed = interleaved(fns, args.repeats, args.steps * args.batch_size)
+    return timed, warmup_check(timed, warmup)
 
 
 def time_inference(models: dict, x, args) -> dict:
@@ -111,8 +180,9 @@ def time_inference(models: dict, x, args) -> dict:
         return run
 
     fns = {name: steps(model) for name, model in models.items()}
-    warm_up(fns, args.warmup)
-    return interleaved(fns, args.repeats, args.steps * args.batch_size)
+    warmup = warm_up(fns, args.warmup)
+    timed = interleaved(fns, args.repeats, args.steps * args.batch_size)
+    return timed, warmup_check(timed, warmup)
 
 
 def time_convert(model: keras.Model, repeats: int) -> dict:

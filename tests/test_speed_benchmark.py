@@ -90,6 +90,50 @@ def test_speed_tiny_writes_report(tmp_path):
     assert result["fused_exactness"]["fused"] == 2
     assert result["fused_exactness"]["max_rel_diff"] <= 1e-5
     assert result["fold_exactness"]["max_rel_diff"] <= 1e-5
+    # Compilation stayed out of the timed samples: JAX counted no trace or
+    # compile while an arm was timed (other backends cannot count them).
+    for section in (train, result["inference"]):
+        assert set(section["warmup_check"]) == set(section["arms"])
+        for check in section["warmup_check"].values():
+            assert len(check["warmup_s"]) == result["config"]["warmup"]
+            assert check["first_vs_median"] > 0
+            if keras.config.backend() == "jax":
+                assert check["timed_compiles"] == {"traces": 0, "compiles": 0}
+            else:
+                assert check["timed_compiles"] is None
+    if keras.config.backend() == "jax":
+        compiled = train["compiled"]
+        assert set(compiled) == set(train["arms"])
+        assert all(p["kernels"] > 0 for p in compiled.values())
+        # No BN at all: fewer FLOPs than stock BN's batch statistics.
+        assert compiled["folded"]["flops"] < compiled["stock"]["flops"]
+    else:
+        assert "compiled" not in train
+
+
+def test_entry_ops_counts_the_kernels_of_an_hlo_module():
+    speed_compiled = testing.load_script("benchmarks/speed_compiled.py")
+    hlo = "\n".join([
+        "%fused_computation (p: f32[2]) -> f32[2] {",
+        "  %p = f32[2]{0} parameter(0)",
+        "  ROOT %n = f32[2]{0} negate(%p)",
+        "}",
+        "ENTRY %main (a: f32[2], b: f32[2,2]) -> (f32[2], f32[2]) {",
+        "  %a = f32[2]{0} parameter(0)",
+        "  %b = f32[2,2]{1,0} parameter(1)",
+        "  %f = f32[2]{0} fusion(%a), kind=kLoop, calls=%fused_computation",
+        '  %c = (f32[2]{0}, s8[0]{0}) custom-call(%b, %f), '
+        'custom_call_target="__cublas$gemm"',
+        "  %g = f32[2]{0} get-tuple-element(%c), index=0",
+        "  ROOT %t = (f32[2]{0}, f32[2]{0}) tuple(%f, %g)",
+        "}",
+    ])
+    ops = speed_compiled.entry_ops(hlo)
+    # The fused computation's negate is inside a kernel, not one of its own.
+    assert ops["ops"] == {"custom-call": 1, "fusion": 1,
+                          "get-tuple-element": 1, "parameter": 2, "tuple": 1}
+    assert ops["kernels"] == 2
+    assert ops["custom_calls"] == {"__cublas$gemm": 1}
 
 
 def test_speed_memory_and_torchvision_peer(tmp_path):
@@ -97,7 +141,8 @@ def test_speed_memory_and_torchvision_peer(tmp_path):
     # without torchvision, the peer is skipped with a reason instead of
     # failing the run.
     _run(tmp_path, "--tag", "peer", "--torchvision-peer",
-         "--skip", "train,inference,convert", "--memory-arms", "fused")
+         "--skip", "train,inference,convert", "--memory-arms", "fused,folded",
+         "--memory-jobs", "2")
     with open(tmp_path / "peer.json") as f:
         result = json.load(f)
     peer = result["torchvision_peer"]
@@ -109,7 +154,7 @@ def test_speed_memory_and_torchvision_peer(tmp_path):
     else:
         assert set(peer["arms"]) == {"torchvision_bn", "torchvision_frozen_bn2d"}
     memory = result["memory"]["arms"]
-    assert set(memory) == {"fused"}
+    assert set(memory) == {"fused", "folded"}  # two processes side by side
     fused = memory["fused"]
     assert fused["rss_before_mb"] > 0 and fused["process_peak_rss_mb"] > 0
     if fused["step_peak_rss_mb"] is not None:  # Linux: the step's own peak

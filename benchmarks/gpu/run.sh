@@ -8,16 +8,23 @@
 #   bash benchmarks/gpu/run.sh [--archive FILE] [RESULTS_DIR]
 #
 # Parts, in order (PARTS reorders or selects; BACKENDS filters by backend):
+#   recalibrate_jax  benchmarks/speed_recalibrate.py, ResNet50 224: predict,
+#                    its floor (the training-mode forward loop), recalibrate
+#                    and audit over the same images, interleaved
+#   recalibrate_torch  the same on torch
+#   gap              benchmarks/gap.py on 3 seeds side by side, one folder
+#                    each, via benchmarks/gpu/gap_seeds.py (GAP_BACKEND,
+#                    GAP_ARGS); a --full run without scikit-image falls
+#                    back LOUDLY
 #   speed_jax        benchmarks/speed.py, JAX, 224x224 batch 64: stock,
-#                    Keras trainable=False, frozenbn, fuse, the folded
-#                    floor; inference unfolded vs fold; peak memory per arm
-#   recalibrate_jax  benchmarks/speed_recalibrate.py: compiled recalibrate
-#                    vs model.predict over the same images
+#                    Keras trainable=False, frozenbn (gamma/beta trained and
+#                    frozen), fuse, the folded floor, with the check that
+#                    compilation stayed out of the timed samples and the
+#                    compiled step's kernels, FLOPs and bytes per arm;
+#                    inference unfolded vs fold; peak memory per arm (one
+#                    process each, side by side)
 #   speed_torch      speed.py on torch, plus the torchvision ResNet50
 #                    FrozenBatchNorm2d peer
-#   gap              benchmarks/gap.py on 2 seeds, one folder each, via
-#                    benchmarks/gpu/gap_seeds.py (GAP_BACKEND, GAP_ARGS);
-#                    a --full run without scikit-image falls back LOUDLY
 # A part's budget is its share (SHARES) of the time left before the
 # deadline (TOTAL_S after the start, less what the setup took), so time a
 # part leaves unused goes to the parts after it; a part whose budget falls
@@ -43,29 +50,33 @@ WHEELS="${WHEELS:-$ROOT/.whl}"
 KERAS_PIN="$(sed -n 's/^keras==//p' "$ROOT/.ci/constraints.txt")"
 PACKAGES="${PACKAGES:-keras==$KERAS_PIN namex==0.1.0 optree==0.20.0 scikit-image==0.26.0 imageio==2.38.1 tifffile==2026.3.3 networkx==3.6.1 lazy-loader==0.6}"
 
-TOTAL_S="${TOTAL_S:-480}"  # TINY=1 on a CPU: TOTAL_S=840 (see the README)
+TOTAL_S="${TOTAL_S:-560}"  # TINY=1 on a CPU: TOTAL_S=840 (see the README)
 MIN_PART_S="${MIN_PART_S:-20}"
 SETUP_S=90     # at most, for installing wheels and reading the machine
 RESERVE_S=15   # kept at the end for the summary and the last archive
 TINY="${TINY:-0}"
-PARTS="${PARTS:-speed_jax recalibrate_jax speed_torch gap}"
+PARTS="${PARTS:-recalibrate_jax recalibrate_torch gap speed_jax speed_torch}"
 BACKENDS="${BACKENDS:-jax torch}"
 GAP_BACKEND="${GAP_BACKEND:-jax}"
+GAP_SEEDS="${GAP_SEEDS:-0,1,2}"
 # Percent of the time left that each part may take (of the parts still
 # to run, so the shares of skipped or finished parts are handed on).
-declare -A SHARES=([speed_jax]=38 [recalibrate_jax]=10 [speed_torch]=24
-                   [gap]=28)
+declare -A SHARES=([recalibrate_jax]=12 [recalibrate_torch]=10 [gap]=48
+                   [speed_jax]=38 [speed_torch]=6)
 
-ARMS=stock,keras_trainable_false,frozenbn,fused,folded
+# frozenbn_trainable_false does Keras trainable=False's work in frozenbn's
+# layer: it separates the cost of the gamma/beta gradients from the rest.
+ARMS=stock,keras_trainable_false,frozenbn,frozenbn_trainable_false,fused,folded
 if [[ "$TINY" == 1 ]]; then
-    SPEED_ARGS="${SPEED_ARGS:---tiny --arms $ARMS --memory-arms frozenbn,fused --skip convert}"
+    SPEED_ARGS="${SPEED_ARGS:---tiny --arms $ARMS --warmup 2 --memory-arms frozenbn,fused --memory-jobs 2 --skip convert}"
     RECAL_ARGS="${RECAL_ARGS:---model mini --image-size 16 --images 64 --batch-size 16 --repeats 2}"
     GAP_ARGS="${GAP_ARGS:---tiny --arms stock,frozenbn}"
 else
     # Steps, not repeats, fill a sample: a GPU step of ResNet50 at batch 64
     # is tens of milliseconds, and compiling each arm costs far more than
-    # timing it. convert is Python work, measured on the CPU runs.
-    SPEED_ARGS="${SPEED_ARGS:---image-size 224 --batch-size 64 --steps 10 --repeats 5 --warmup 1 --arms $ARMS --memory-arms frozenbn,fused,stock,keras_trainable_false,folded --skip convert}"
+    # timing it. Two warm-up samples: the second shows whether the first
+    # left anything to compile. convert is Python work, measured on CPUs.
+    SPEED_ARGS="${SPEED_ARGS:---image-size 224 --batch-size 64 --steps 10 --repeats 5 --warmup 2 --arms $ARMS --memory-arms $ARMS --memory-jobs 6 --skip convert}"
     RECAL_ARGS="${RECAL_ARGS:---image-size 224 --images 1024 --batch-size 64 --repeats 5}"
     GAP_ARGS="${GAP_ARGS:---small --arms stock,stock_recalibrated,frozenbn,keras_bn_frozen}"
 fi
@@ -140,8 +151,8 @@ part_command() {
     case "$1" in
         speed_jax) echo "python3 benchmarks/speed.py $SPEED_ARGS --out $RES" ;;
         speed_torch) echo "python3 benchmarks/speed.py $SPEED_ARGS --torchvision-peer --out $RES" ;;
-        recalibrate_jax) echo "python3 benchmarks/speed_recalibrate.py $RECAL_ARGS --out $RES" ;;
-        gap) echo "python3 benchmarks/gpu/gap_seeds.py --seeds 0,1 --out $RES -- $GAP_ARGS" ;;
+        recalibrate_*) echo "python3 benchmarks/speed_recalibrate.py $RECAL_ARGS --out $RES" ;;
+        gap) echo "python3 benchmarks/gpu/gap_seeds.py --seeds $GAP_SEEDS --jobs 3 --out $RES -- $GAP_ARGS" ;;
     esac
 }
 

@@ -82,6 +82,7 @@ def speed(path: str) -> list:
         ])
     lines += _table(["train arm", "images/s", "vs stock", "vs keras tf=False",
                      "vs folded", "device peak MB"], rows)
+    lines += compiled(r)
     inference = r.get("inference", {})
     lines += _table(
         ["inference arm", "images/s", "vs stock"],
@@ -108,11 +109,42 @@ def speed(path: str) -> list:
 
 def recalibrate(path: str) -> list:
     r = _load(path)
-    return [f"### {os.path.basename(path)}: recalibrate / predict (paired) "
-            f"{fmt(r['paired_ratio_vs_predict']['recalibrate'])} (target <= "
-            f"{r['target']['recalibrate_vs_predict_at_most']}, met "
-            f"{r['target']['met']}); predict {fmt(r['seconds']['predict']['median'])}"
-            f" s per call over {r['config']['images']} images", ""]
+    head = f"### {os.path.basename(path)}: "
+    tail = (f"predict {fmt(r['seconds']['predict']['median'])} s per call "
+            f"over {r['config']['images']} images")
+    if "paired_ratio_vs_floor" not in r:  # written before the floor arm
+        return [head + "recalibrate / predict (paired) "
+                f"{fmt(r['paired_ratio_vs_predict']['recalibrate'])} (target "
+                f"<= {r['target']['recalibrate_vs_predict_at_most']}, met "
+                f"{r['target']['met']}); " + tail, ""]
+    floor, predict = r["paired_ratio_vs_floor"], r["paired_ratio_vs_predict"]
+    rows = [[arm, fmt(r["seconds"][arm]["median"]), fmt(floor.get(arm)),
+             fmt(predict.get(arm)), fmt(r["first_call_s"].get(arm))]
+            for arm in r["seconds"]]
+    return [head + tail + f"; audit / its floor (floor + predict) "
+            f"{fmt(r['audit_paired_ratio_vs_its_floor'])}", ""] + _table(
+        ["arm", "s per call", "vs floor (paired)", "vs predict (paired)",
+         "first call s"], rows)
+
+
+def compiled(r: dict) -> list:
+    """The compiled train step per arm (speed.py on JAX) and the check
+    that compilation stayed out of the timed samples."""
+    train = r.get("train", {})
+    rows = [[name, str(p["kernels"]), str(p["ops"].get("fusion", 0)),
+             str(p["ops"].get("custom-call", 0)), fmt(p["flops"] / 1e9),
+             fmt(p["bytes_accessed"] / 2**20)]
+            for name, p in train.get("compiled", {}).items()]
+    lines = _table(["compiled step", "kernels", "fusions", "custom calls",
+                    "GFLOP", "MiB accessed"], rows)
+    rows = [[name, " + ".join(fmt(s) for s in c["warmup_s"] or []),
+             fmt(c["first_vs_median"]),
+             "n/a" if c["timed_compiles"] is None else
+             "{traces} traces, {compiles} compiles".format(**c["timed_compiles"])]
+            for name, c in train.get("warmup_check", {}).items()]
+    return lines + _table(["train arm", "warm-up samples s",
+                           "first timed / median", "compiles while timed"],
+                          rows)
 
 
 def gap_result(path: str) -> list:
