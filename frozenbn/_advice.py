@@ -22,17 +22,14 @@ remedy with a one-line reason:
   and they do not fit the data (or the gap is there): recalibrate them on
   it; they stay frozen.
 
-The rule and its thresholds come from the gap benchmark
-(docs/benchmarks.md): on its pretrained backbones the worst score was
-1.12-1.33 at batch 32, where stock training + recalibrate gave the best
-held-out accuracy on 8 of 11 seeds, and 2.04-2.51 at batch 4, where stock
-training learned nothing and the frozen statistics gave the best frozenbn
-arm; at batch 8 and 16 the score (1.21-1.32 on five of the six seeds run)
-did not say which remedy won, hence `SMALL_BATCH`.
+The rule and its thresholds come from the gap benchmark at batch sizes 4
+to 32; docs/benchmarks.md ("Small batches: when to freeze") gives the scores
+and outcomes they were read from.
 """
 
 import dataclasses
 import math
+from typing import ClassVar
 from typing import Optional
 from typing import Sequence
 
@@ -49,16 +46,10 @@ GAP_RATIO = 5.0
 
 SMALL_BATCH = 32
 """Batch size below which `fit`'s batch statistics are too noisy to train
-on, whatever the drift score.
-
-In the gap benchmark, at batch 4 and 8 freezing the statistics gave the
-best arm on every seed run (four), also where the drift score was at most
-1.5 (1.32), while stock training learned little or nothing; at batch 16 on
-two seeds of four (stock training + recalibrate best or 0.004 behind on the
-other two, with scores 1.21-1.32 on all four); at batch 32 stock training +
-recalibrate was the best arm on 8 of 11 seeds. Batch normalization's known
-weakness at small batches (Wu and He, Group Normalization, 2018) is why
-detectron2 and mmdet freeze it there."""
+on, whatever the drift score: in the gap benchmark, below it freezing won
+where the drift score did not say so. Batch normalization's known weakness
+at small batches (Wu and He, Group Normalization, 2018) is why detectron2
+and mmdet freeze it there."""
 
 NONE = "none"
 FREEZE = "freeze"
@@ -74,13 +65,34 @@ class Recommendation:
         remedy: `"none"`, `"freeze"`, `"recalibrate then freeze"` or
             `"recalibrate"`.
         reason: What was measured that leads to it, and what to call.
+        DRIFT_SCORE, GAP_RATIO, SMALL_BATCH: the rule's thresholds (class
+            attributes; see the module's constants).
     """
 
     remedy: str
     reason: str
+    DRIFT_SCORE: ClassVar[float] = DRIFT_SCORE
+    GAP_RATIO: ClassVar[float] = GAP_RATIO
+    SMALL_BATCH: ClassVar[int] = SMALL_BATCH
 
     def __str__(self) -> str:
         return f"{self.remedy}: {self.reason}"
+
+    @classmethod
+    def from_scores(cls, scores, batch_statistics_in_fit, ratio=None, *,
+                    batch_size=None) -> "Recommendation":
+        """The rule `frozenbn.audit` applies, on measurements you have.
+
+        For a recorded audit, say: per BN layer its drift score and whether
+        `fit` normalizes it with batch statistics; the evaluate/fit loss
+        ratio if known; the batch size `fit` runs at.
+
+        >>> from frozenbn import Recommendation
+        >>> Recommendation.from_scores([2.4], [True], batch_size=32).remedy
+        'freeze'
+        """
+        return recommend(scores, batch_statistics_in_fit, ratio,
+                         batch_size=batch_size)
 
 
 def recommend(

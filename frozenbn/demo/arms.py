@@ -14,8 +14,7 @@ from typing import Optional
 
 import keras
 
-from frozenbn import _advice
-from frozenbn import _walk
+from frozenbn import Recommendation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +59,19 @@ def freeze_keras_batch_norm(
     (moving statistics) and its gamma/beta do not train. Setting
     `backbone.trainable = True` afterwards undoes it for every layer.
     """
-    for layer in _walk.batch_norm_layers(backbone):
+    for layer in _keras_batch_norms(backbone):
         layer.trainable = False
     return backbone
+
+
+def _keras_batch_norms(model):
+    """Keras's BN layers of `model` and of the models nested in it: what a
+    Keras user loops over to freeze them."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            yield layer
+        elif isinstance(layer, keras.Model):
+            yield from _keras_batch_norms(layer)
 
 
 def convert_frozen(backbone: keras.Model, x_train=None) -> keras.Model:
@@ -116,9 +125,9 @@ GAP_ARMS = DEMO_ARMS + ("frozenbn_recalibrated", "keras_backbone_frozen")
 
 
 AUDIT_ARMS = {
-    _advice.FREEZE: "frozenbn",
-    _advice.RECALIBRATE: "stock_recalibrated",
-    _advice.RECALIBRATE_THEN_FREEZE: "frozenbn_recalibrated",
+    "freeze": "frozenbn",
+    "recalibrate": "stock_recalibrated",
+    "recalibrate then freeze": "frozenbn_recalibrated",
 }
 """The arm that follows each remedy `frozenbn.audit` can recommend for the
 pretrained backbone."""
@@ -150,8 +159,8 @@ def audit_pick(audit: dict, batch_size: int) -> tuple:
     >>> audit_pick({"max_score": 1.2}, 8)
     ('freeze', 'frozenbn')
     """
-    remedy = _advice.recommend([audit["max_score"]], [True],
-                               batch_size=batch_size).remedy
+    remedy = Recommendation.from_scores([audit["max_score"]], [True],
+                                        batch_size=batch_size).remedy
     return remedy, AUDIT_ARMS[remedy]
 
 

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from frozenbn import Recommendation
 from frozenbn import _report
 from frozenbn.demo import arms as arms_lib
 from frozenbn.demo import machine
@@ -24,9 +25,9 @@ CONSISTENT_RATIO = 1.5
 times the same weights' loss as `fit()` normalizes them (the comparison is
 one-sided: `evaluate()` may do better)."""
 
-GAP_RATIO = 5.0
-"""BN makes a gap when that ratio is above this (the bug report's 1.7 / 0.2
-is about 8)."""
+GAP_RATIO = Recommendation.GAP_RATIO
+"""BN makes a gap when that ratio is above this, as `frozenbn.audit` reads
+an evaluate/fit loss ratio (the bug report's 1.7 / 0.2 is about 8)."""
 
 RATIOS_EXPLAINED = (
     "eval/fit-mode: evaluate()'s loss on the training images over "
