@@ -178,18 +178,31 @@ def summary(folder: str) -> str:
     return "\n".join(lines)
 
 
-PEERS = (
-    (("jax", "train", "frozenbn"), ("torch", "torchvision_peer", "torchvision_frozen_bn2d")),
-    (("jax", "train", "stock"), ("torch", "torchvision_peer", "torchvision_bn")),
-)
-"""Keras-on-JAX arm against torchvision peer, as (backend, section, arm)."""
+PEERS = (("stock", "torchvision_bn"),
+         ("keras_trainable_false", "torchvision_frozen_bn2d"))
+"""Keras arm and its torchvision peer, both in one speed file (one run):
+`FrozenBatchNorm2d` keeps its affine parameters as buffers, as Keras
+`trainable=False` does."""
+
+
+def peers(r: dict) -> list:
+    """Keras's arms against their torchvision peers, within one speed file."""
+    train, peer = r.get("train", {}).get("arms", {}), r.get(
+        "torchvision_peer", {}).get("arms", {})
+    rows = [[f"Keras on {r['machine']['backend']}, {a}",
+             f"{train[a]['median']:.1f}", f"torchvision, {b}",
+             f"{peer[b]['median']:.1f}",
+             fmt(train[a]["median"] / peer[b]["median"])]
+            for a, b in PEERS if a in train and b in peer]
+    return _table(["Keras arm", "images/s", "torchvision peer", "images/s",
+                   "ratio"], rows)
 
 
 def docs_block(root: str = _common.ROOT) -> str:
     """The committed GPU runs as the docs show them: each folder's summary
-    under its own heading, then Keras on JAX against the torchvision peer."""
+    under its own heading, with Keras against the torchvision peer where one
+    speed file holds both."""
     lines = []
-    speed_runs = {}  # backend -> its speed JSON, from whichever folder has it
     for folder in COMMITTED:
         path = os.path.join(root, folder)
         env = _load(sorted(glob.glob(os.path.join(path, "environment_*.json")))[0])
@@ -197,26 +210,12 @@ def docs_block(root: str = _common.ROOT) -> str:
         body = summary(path).split("\n")[2:]
         lines += [line.replace("### ", "##### ", 1) if line.startswith("### ")
                   else line for line in body] + [""]
-        for backend in ("jax", "torch"):
-            speed_path = os.path.join(path, f"speed_{backend}_gpu.json")
-            if os.path.exists(speed_path):
-                speed_runs[backend] = _load(speed_path)
-
-    def median(backend, section, arm):
-        return (speed_runs.get(backend, {}).get(section, {}).get("arms", {})
-                .get(arm, {}).get("median"))
-
-    rows = []
-    for keras_arm, peer in PEERS:
-        a, b = median(*keras_arm), median(*peer)
-        if a is not None and b is not None:
-            rows.append([f"Keras on JAX, {keras_arm[2]}", f"{a:.1f}",
-                         f"torchvision, {peer[2]}", f"{b:.1f}", fmt(a / b)])
-    if rows:
-        lines += ["#### Keras on JAX against torchvision (training images/s; "
-                  "two device calls, two machines of the same kind)", ""]
-        lines += _table(["Keras arm", "images/s", "torchvision arm", "images/s",
-                         "ratio"], rows)
+        for speed_path in sorted(glob.glob(os.path.join(path, "speed_*.json"))):
+            table = peers(_load(speed_path))
+            if table:
+                lines += [f"##### Keras against torchvision, "
+                          f"{os.path.basename(speed_path)} (training "
+                          "images/s, one run)", ""] + table
     return "\n".join(lines).rstrip("\n")
 
 
