@@ -385,6 +385,23 @@ def _small_backbone():
     ])
 
 
+def test_same_seed_same_pretrained_backbone():
+    """The seed covers the backbone's initial weights: two runs with the
+    same seed start fine-tuning from the same backbone, another seed from
+    another one."""
+    def backbone(seed, before):
+        config = scenario.ScenarioConfig(backbone="small", pretrain_epochs=0,
+                                         max_source=64, seed=seed)
+        source, _, _ = scenario.prepare_data(demo_images.load_demo_data(),
+                                             config)
+        keras.utils.set_random_seed(before)  # whatever ran before
+        return scenario.pretrained_backbone(config, source)[0].get_weights()
+
+    first, again, other = backbone(0, 7), backbone(0, 8), backbone(1, 7)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
 def test_arm_preparations():
     x = np.random.default_rng(0).normal(3.0, 1.0, (16, 8, 8, 3))
     backbone = demo_arms.ARMS["keras_backbone_frozen"].prepare(

@@ -238,6 +238,9 @@ def pretrained_backbone(config: ScenarioConfig, source: images.Domain,
         `(backbone, pretraining)`: the model, and `pretrain_backbone`'s
         `{"accuracy": ...}` (`{}` when not pretrained here).
     """
+    # The initial weights are part of "seed of everything": unseeded, the
+    # same seed gave another pretrained backbone on every run.
+    keras.utils.set_random_seed(config.seed)
     backbone = training.build_backbone(config.weights, config.image_size,
                                        config.backbone)
     if config.weights not in (None, "none"):
