@@ -99,8 +99,9 @@ def _add_demo(commands) -> None:
         description="Runs the fit-vs-evaluate scenario end to end: ResNet50 "
         "pretrained on one image domain, fine-tuned on another (imbalanced, "
         "oversampled) with stock Keras BatchNormalization, with stock "
-        "training then frozenbn.recalibrate, with frozenbn.convert (frozen "
-        "statistics), and with Keras's BN trainable=False. "
+        "training then frozenbn.recalibrate, and with frozenbn.convert "
+        "(frozen statistics); --arms adds others, such as Keras's BN "
+        "trainable=False (keras_bn_frozen). "
         "Prints a table and writes results.json, results.md and results.png "
         "(per-epoch curves) to --out.",
     )
