@@ -15,6 +15,7 @@ from typing import Optional
 import keras
 
 from frozenbn import Recommendation
+from frozenbn.demo import training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,19 +60,10 @@ def freeze_keras_batch_norm(
     (moving statistics) and its gamma/beta do not train. Setting
     `backbone.trainable = True` afterwards undoes it for every layer.
     """
-    for layer in _keras_batch_norms(backbone):
-        layer.trainable = False
-    return backbone
-
-
-def _keras_batch_norms(model):
-    """Keras's BN layers of `model` and of the models nested in it: what a
-    Keras user loops over to freeze them."""
-    for layer in model.layers:
+    for layer in training.keras_layers(backbone):
         if isinstance(layer, keras.layers.BatchNormalization):
-            yield layer
-        elif isinstance(layer, keras.Model):
-            yield from _keras_batch_norms(layer)
+            layer.trainable = False
+    return backbone
 
 
 def convert_frozen(backbone: keras.Model, x_train=None) -> keras.Model:

@@ -16,7 +16,6 @@ from typing import Optional
 import keras
 import numpy as np
 
-from frozenbn import _walk
 
 
 BACKBONES = ("resnet50", "small")
@@ -160,6 +159,15 @@ def build_classifier(backbone: keras.Model, seed: int = 0) -> keras.Model:
     ], name="classifier")
 
 
+def keras_layers(model: keras.Model):
+    """Every layer of `model` and of the models nested in it, in order: what
+    a Keras user loops over to set `rate` or `trainable` on some of them."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from keras_layers(layer)
+
+
 def fit_mode_loss(model: keras.Model, x, y, batch_size: int = 32) -> float:
     """Binary cross-entropy of `model` on `(x, y)` as `fit` normalizes.
 
@@ -193,7 +201,7 @@ def fit_mode_loss(model: keras.Model, x, y, batch_size: int = 32) -> float:
     >>> round(fit_mode_loss(model, x, y), 4)  # batch statistics: all 0, ln 2
     0.6931
     """
-    dropouts = [layer for layer in _walk.iter_layers(model)
+    dropouts = [layer for layer in keras_layers(model)
                 if isinstance(layer, keras.layers.Dropout)]
     rates = [layer.rate for layer in dropouts]
     state = [keras.ops.convert_to_numpy(v)
