@@ -190,10 +190,18 @@ def test_scenario_each_remedy_learns(tmp_path, seed):
 def _check_audit_pinpoints_the_gap(path):
     """`audit` on the stock checkpoint of the scenario follows what it
     measures: with the gap (ratio above `_advice.GAP_RATIO`) it recommends
-    recalibrating because evaluate does not match fit, and names the layers
-    that cause it (recalibrating only its five worst-ranked BN layers closes
-    the gap far more than recalibrating its five best-ranked ones); without,
-    it does not claim the gap."""
+    recalibrating because evaluate does not match fit, and what it ranks is
+    what `recalibrate` fixes: after recalibrating every layer the worst
+    score falls and the gap closes; recalibrating only the five worst-ranked
+    layers lowers the inference loss too. Without the gap, it does not claim
+    one.
+
+    The ranking is each layer's own drift (upstream layers as in `fit`), not
+    its share of the gap: drift compounds downstream, so on a reproducible
+    seed recalibrating the five best-ranked layers (early ones) closed more
+    of the gap than the five worst-ranked, and recalibrating a deep layer
+    alone, over stale upstream statistics, raised its own score. docs/usage.md
+    says so; this checks what holds."""
     from frozenbn import _advice
 
     target = demo_images.load_demo_data().target.train
@@ -209,21 +217,18 @@ def _check_audit_pinpoints_the_gap(path):
     names = [layer.name for layer in report.layers]
     assert len(names) == 53
 
-    def loss_after_recalibrating(selected):
-        model = keras.models.load_model(path)
-        frozenbn.recalibrate(
-            model, x, include=lambda layer: layer.name in selected, verbose=0
-        )
-        return model.evaluate(x, y, verbose=0)[0]
+    model = keras.models.load_model(path)
+    frozenbn.recalibrate(model, x, verbose=0)
+    after = frozenbn.audit(model, (x, y), batch_size=16, verbose=0)
+    # What stays is the batch statistics' own noise at batch 16.
+    assert after.layers[0].score < 0.75 * report.layers[0].score, (
+        str(report), str(after))
+    assert after.ratio <= 1.5, str(after)
 
-    worst = loss_after_recalibrating(set(names[:5]))
-    best = loss_after_recalibrating(set(names[-5:]))
-    # The ranking is the claim: the five worst-ranked layers matter more
-    # than the five best-ranked ones, by a clear margin, and fixing them
-    # lowers the loss. The sizes depend on the backend and the machine:
-    # worst 7.50 and best above 75 from 8.55 on CI's TensorFlow, worst 0.92
-    # and best 8.55 from 8.55 on JAX.
-    assert worst * 2 < best, (worst, best, str(report))
+    model = keras.models.load_model(path)
+    frozenbn.recalibrate(model, x, include=lambda layer: layer.name in set(
+        names[:5]), verbose=0)
+    worst = model.evaluate(x, y, verbose=0)[0]
     assert worst < report.inference_loss, (worst, str(report))
 
 
