@@ -17,7 +17,6 @@ import keras
 import numpy as np
 
 
-
 BACKBONES = ("resnet50", "small")
 """The scenario's backbones: Keras's ResNet50, and a small residual network
 (three stages of Conv-BN blocks, 9 BN layers) that compiles in seconds,
