@@ -259,10 +259,10 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     assert arms["stock_recalibrated"]["ratio"] <= 1.5
     assert arms["frozenbn"]["ratio"] <= 1.5
     # Frozen statistics: fit's normalization is evaluate's, so with the
-    # same weights and no Dropout the two losses are one number.
-    for name in ("frozenbn", "keras_bn_frozen"):
-        assert arms[name]["statistics_ratio"] == pytest.approx(
-            1.0, rel=1e-4), arms[name]
+    # same weights and no Dropout the two losses are one number (Keras's
+    # BN trainable=False arm: test_keras_guide_trap).
+    assert arms["frozenbn"]["statistics_ratio"] == pytest.approx(
+        1.0, rel=1e-4), arms["frozenbn"]
     assert np.isfinite(arms["stock"]["statistics_ratio"])
     assert "eval/fit-mode" in (out / "results.md").read_text()
     assert len(arms["stock"]["curves"]["eval_loss"]) == arms["stock"][
@@ -483,6 +483,10 @@ def test_keras_guide_trap():
             keras.layers.Dense(1, activation="sigmoid"),
         ])
         before = frozenbn.audit(model, (x, y), loss="binary_crossentropy")
+        # The demo's eval/fit-mode of a frozen arm: one number, as measured.
+        model.compile(loss="binary_crossentropy")
+        assert training.fit_mode_loss(model, x, y[:, 0]) == pytest.approx(
+            model.evaluate(x, y, verbose=0), rel=1e-4), name
         backbone.trainable = False
         backbone.trainable = True
         after = frozenbn.audit(model, (x, y), loss="binary_crossentropy")
