@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmarks in one prepared call: most valuable first, each part
+# The GPU benchmarks in one prepared call: short parts first, each part
 # under its own time budget, each writing its results as soon as it ends.
 #
 #   bash benchmarks/gpu/run.sh --download          # with network: wheels -> .whl/
