@@ -1,13 +1,9 @@
-"""Copies of models: same classes, same structure, same weight values.
+"""Exact copies of models: same classes, same structure, weights bit for bit.
 
-`convert` copies a model before it swaps BatchNormalization classes;
-`fold` and `fuse` copy the layers they keep. Both need copies that are
-exact (every weight bit for bit), that keep the model's own class (keras-hub
-backbones and task models are Functional subclasses), and that survive what
-real models contain: bare `keras.Operation` nodes in Functional graphs,
-sublayers that were never called, sublayers listed in another order by a
-copy. Layers of a copy are found by their path in the model
-(`frozenbn._walk.match`), never by position.
+`convert` copies a model before it swaps BN classes; `fold` and `fuse` copy
+the layers they keep. Copies keep the model's own class (keras-hub models
+are Functional subclasses), bare `keras.Operation` nodes and never-called
+sublayers; layers are matched by path (`_walk.match`), never by position.
 """
 
 from typing import Any
@@ -26,13 +22,10 @@ from frozenbn.layers import keras_classes
 def copy_model(model: keras.Model) -> Tuple[keras.Model, Dict[int, Any]]:
     """A copy of `model` with the same classes, structure and weight values.
 
-    Tries `keras.models.clone_model` first (fast: each weight starts as the
-    source's value) and falls back to the model's own config when cloning
-    fails or changes a class (it rebuilds Functional subclasses such as
-    keras-hub backbones as plain Functional models). Layers of the copy are
-    matched to the source's by their path in the model (`_walk.match`), and
-    every weight is copied through that matching.
-    """
+`keras.models.clone_model` where it keeps every class, else the model's own
+config (clone_model rebuilds keras-hub backbones as plain Functional);
+weights are copied through the path matching of `_walk.match`.
+"""
     with keras_classes():  # also inside a user's `frozenbn.patch` block
         copy, seeded = _clone(model)
     pairs = None if copy is None else _walk.match(model, copy)
@@ -69,21 +62,13 @@ class UncopyableLayer(RuntimeError):
 
 
 def copy_layer(layer, config: Optional[dict] = None):
-    """A new, unbuilt layer (or operation) from `layer`'s config.
+    """A new, unbuilt layer (or operation) from `layer`'s (or the given) config.
 
-    `cls.from_config(layer.get_config())`, as `keras.models.clone_model`
-    does, except that a config holding the layer's own variables (some
-    layers write a weight where the config expects its initial value) is
-    taken through `keras.saving` serialization instead, so the copy never
-    shares a variable with `layer`.
-
-    Args:
-        layer: A `keras.layers.Layer` or bare `keras.Operation`.
-        config: Optional config to use instead of `layer.get_config()`.
-
-    Raises:
-        UncopyableLayer: the config does not rebuild the layer.
-    """
+As `keras.models.clone_model` does, except that a config holding the
+layer's own variables goes through `keras.saving` serialization, so the
+copy never shares a variable. Raises `UncopyableLayer` if the config does
+not rebuild the layer.
+"""
     config = layer.get_config() if config is None else config
     try:
         with keras_classes():  # also inside a user's `frozenbn.patch` block
@@ -195,19 +180,12 @@ def _copy_from_config(model: keras.Model) -> keras.Model:
 def _clone_layer(layer, seeded: dict, clones: list):
     """A layer from `layer`'s config whose weights start as `layer`'s.
 
-    Building a clone runs every weight's initializer only for `_copy` to
-    overwrite the result; for large models that is most of the time. While
-    the clone builds, each weight it creates under a name that `layer` has
-    (with the same shape) is initialized from `layer`'s value instead, and
-    recorded in `seeded` (id of new variable -> source variable). Weights
-    that do not match are left to `_copy`, which assigns them afterwards.
-    The patched `add_weight` is an instance attribute listed in `clones`
-    for `_clone` to remove.
-
-    Functional graphs also hold bare `keras.Operation` nodes that are not
-    layers (`x + 3.0`, `ops.pad`, indexing); they have no weights and are
-    copied through their config.
-    """
+While the clone builds, each weight created under a name and shape that
+`layer` has is initialized from `layer`'s value (recorded in `seeded`)
+instead of running its initializer, most of the time on large models;
+`_copy` assigns the rest. The patched `add_weight` is listed in `clones`
+for `_clone` to remove. Bare operations are copied through their config.
+"""
     clone = copy_layer(layer)
     if not isinstance(layer, keras.layers.Layer):
         return clone

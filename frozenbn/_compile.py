@@ -1,28 +1,11 @@
-"""Running one step of a statistics pass compiled, on every backend.
+"""Runs one step of a statistics pass compiled, the fastest honest way per backend.
 
-`frozenbn._stats` describes one step as a pure function
-`body(run_model, state, x, batch_index) -> (state, outputs)` in
-`keras.ops`. `Step` runs it the fastest honest way each backend offers:
-
-- TensorFlow: a `tf.function` (XLA only where the model asks for it, like
-  Keras's own `predict`), traced once with the batch dimension left open so
-  that a smaller last batch does not trace it again; under a `tf.distribute`
-  strategy, `strategy.run` of the body on every replica.
-- JAX: `jax.jit` of `model.stateless_call`, the variables passed as
-  arguments (so new weights need no new compilation).
-- torch: the model runs under `torch.no_grad()` (no autograd graph), BN
-  statistics and normalization from one fused kernel
-  (`fused_normalization`); no compiler (`torch.compile` takes minutes to
-  compile a ResNet on a CPU).
-
-Where batches and the state live, and how replicas and workers are pooled,
-is `frozenbn._distribute`'s job. No step copies anything to the host: the
-state stays on the device until `finish`, and JAX's asynchronous dispatch
-is kept at most one step ahead so inputs do not pile up on the device. If
-the compiled step fails (a layer whose `call` cannot be traced), the same
-step runs eagerly on the same batch; if that works the pass goes on
-eagerly and a warning gives the reason, otherwise the eager error is
-raised.
+`frozenbn._stats` writes a step as `body(run_model, state, x, batch_index)`
+in `keras.ops`; `Step` runs it as a `tf.function` (XLA only where the model
+asks, like `predict`; one trace for every batch size), a `jax.jit` of
+`stateless_call`, or eagerly under `torch.no_grad()` (`torch.compile` takes
+minutes on a CPU). The state stays on the device until `finish`. A step
+that fails to compile runs eagerly, with a warning giving the reason.
 """
 
 import contextlib
@@ -38,16 +21,8 @@ logger = logging.getLogger("frozenbn")
 
 
 class Step:
-    """`body` compiled for `model` on the current backend; see the module doc.
-
-    Args:
-        model: The model `body` runs.
-        body: `body(run_model, state, x, batch_index) -> (state, outputs)`;
-            `run_model(x, **kwargs)` calls the model.
-
-    Batches go to the replicas/devices of the model's `tf.distribute`
-    strategy or `keras.distribution` (`frozenbn._distribute.placement`).
-    """
+    """`body(run_model, state, x, batch_index) -> (state, outputs)` compiled
+    for `model`, batches placed on its replicas (`_distribute.placement`)."""
 
     def __init__(self, model, body):
         self._model = model
@@ -196,24 +171,12 @@ class _OpenBatchFunction:
 
 
 def fused_normalization(x, axis, gamma, beta, epsilon):
-    """Batch moments and batch-normalized `x` in one kernel, where it helps.
-
-    The `keras.ops` form (`frozenbn._math.batch_moments`, then
-    `ops.batch_normalization`) reads the activations several times; the
-    backends' own training-mode batch-norm kernels compute the per-channel
-    mean and variance and normalize in one fused pass:
-
-    - torch: `torch.nn.functional.batch_norm(training=True, momentum=1)`,
-      whose running buffers then hold the batch's statistics (as fvcore's
-      precise BN reads them);
-    - TensorFlow: `FusedBatchNormV3` in training mode, on channels-last
-      float32 inputs viewed as `(-1, 1, 1, C)` (as `frozenbn.layers` does
-      for its fused gradient).
-
-    Both return the Bessel-corrected variance, turned back into the biased
-    one here. Returns `(outputs, mean, biased_variance, count)`, or None
-    where the generic path is needed (JAX, where XLA fuses the generic
-    form itself; other layouts and dtypes; fewer than two positions).
+    """`(outputs, mean, biased_variance, count)` from the backend's fused
+    training-mode BN kernel, which reads the activations once; None where
+    the `keras.ops` path is needed (JAX, where XLA fuses it; other layouts
+    or dtypes; fewer than two positions). torch's running buffers with
+    `momentum=1` hold the batch statistics (as fvcore reads them); TF runs
+    `FusedBatchNormV3` on channels-last float32 viewed as `(-1, 1, 1, C)`.
     """
     backend = keras.config.backend()
     if backend == "torch":

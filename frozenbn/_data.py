@@ -26,36 +26,13 @@ def iter_batches(
 ) -> Iterator[Any]:
     """Yields the model-input part `x` of each batch of `data`.
 
-    Args:
-        data: One of
-            - a NumPy array (or anything `np.asarray` accepts with a leading
-              sample axis), a list of arrays (a multi-input model's inputs)
-              or a dict of arrays (named inputs): batched by `batch_size`,
-              in order, the last batch possibly smaller;
-            - a tuple `(x,)`, `(x, y)` or `(x, y, sample_weight)` of such
-              inputs (Keras's convention): `x` is batched, the rest is
-              dropped;
-            - a batched `tf.data.Dataset` yielding `x` or `(x, y[, w])`;
-            - a `keras.utils.PyDataset` returning `x` or `(x, y[, w])`;
-            - any other iterable or generator of such batches.
-            As in `model.fit`, a batch that is a tuple or a list is read as
-            `(x, y[, w])`; give a multi-input model's batch as `((a, b),)`
-            or a dict.
-        steps: Optional number of batches to take. Required for infinite
-            data (a repeated dataset, an endless generator); `None` takes
-            everything.
-        batch_size: Batch size for array inputs; `None` is 32. Ignored for
-            data that is already batched.
-
-    Yields:
-        `x` of each batch, with its structure (array, list, dict) kept.
-
-    Raises:
-        TypeError: `data` is of a type that cannot be batched, or its
-            inputs are not numbers (strings, Python objects).
-        ValueError: `data` is empty, arrays disagree on their number of
-            samples, `steps`/`batch_size` are not positive, or a dataset is
-            infinite and `steps` is `None`.
+    `data` is what `model.predict` takes as `x`: arrays (a list or dict for
+    several inputs) batched by `batch_size` (None: 32), `(x, y[, w])` tuples
+    (`x` kept), a batched `tf.data.Dataset`, a `PyDataset` or any iterable
+    of batches; as in `fit`, a batch that is a tuple or list is `(x, y[, w])`.
+    `steps` caps the batches and is required for infinite data. TypeError
+    for data that cannot be batched or is not numeric; ValueError for empty
+    or inconsistent data.
 
     Example:
 
@@ -70,9 +47,8 @@ def iter_batches(
 def iter_xy(
     data: Any, steps: Optional[int] = None, batch_size: Optional[int] = None
 ) -> Iterator[Tuple[Any, Any, Any]]:
-    """Like `iter_batches`, but yields `(x, y, sample_weight)` triples.
-
-    `y` and `sample_weight` are `None` where `data` has none.
+    """Like `iter_batches`, but yields `(x, y, sample_weight)`, None where
+    `data` has none.
 
     Example:
 
@@ -109,11 +85,8 @@ def iter_xy(
 def count_steps(
     data: Any, steps: Optional[int] = None, batch_size: Optional[int] = None
 ) -> Optional[int]:
-    """How many batches `iter_batches(data, steps, batch_size)` will yield.
-
-    Returns `None` when that cannot be known without consuming the data
-    (generators, iterables without a length, datasets of unknown
-    cardinality); used as the progress bar's target.
+    """How many batches `iter_batches` will yield (the progress bar's
+    target); None when only consuming the data would tell.
 
     Example:
 

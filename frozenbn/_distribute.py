@@ -1,21 +1,11 @@
 """Where a statistics pass runs its batches, and pooling across replicas.
 
-`frozenbn._compile.Step` asks this module where the model lives and puts
-each batch and the pooled state there:
-
-- TensorFlow, under the `tf.distribute` strategy that owns the model's
-  variables (Mirrored, MultiWorkerMirrored): this worker's batch is split
-  over its local replicas; every replica pools the moments of its share in
-  its own state (the statistics `fit` would see: BN normalizes each
-  replica's batch, or the global batch for `synchronized=True` layers); at
-  the end the states of all replicas of all workers are all-reduced, with
-  sums only (`frozenbn._math.all_reduce_moments`), so every worker gets
-  the statistics of the union of the shards.
-- JAX, under a `keras.distribution` (DataParallel, one or several
-  processes): each process's batch becomes its part of a global batch
-  sharded over the devices, as Keras's JAX trainer does, and XLA reduces
-  the moments over the global batch; the state is replicated.
-- Otherwise: one device, nothing to pool.
+Under a `tf.distribute` strategy each local replica pools the moments of
+its share of the batch (what BN sees in `fit`) and the states of all
+replicas and workers are all-reduced with sums at the end
+(`_math.all_reduce_moments`). Under a JAX `keras.distribution` each
+process's batch is its part of a global batch sharded over the devices, as
+Keras's trainer does, and XLA reduces the moments. Otherwise: one device.
 """
 
 import keras

@@ -1,11 +1,8 @@
 """Copies of Functional and Sequential graphs with some operations replaced.
 
-`fold`, `fuse` and `unfuse` rebuild a model's graph operation by operation:
-each operation is copied from its config (`frozenbn._clone`), dropped
-(`Removed`: its input passes through) or replaced by one or several layers
-(`Chain`). Layers that their config does not rebuild make the tools fall
-back to a private exact copy of the model (`private_copy`), whose layers
-they may then reuse.
+Each operation is copied from its config, dropped (`Removed`) or replaced
+by layers (`Chain`); layers whose config does not rebuild them come from a
+private exact copy of the model (`private_copy`).
 """
 
 import contextlib

@@ -1,21 +1,10 @@
 """Backend-native gradients for the frozen-BN algebra.
 
-A frozen BatchNormalization is a per-channel affine map, and so is the
-kernel scaling of a fused layer. Autodiff of `keras.ops` computes their
-gradients in several passes over the data; each backend has a kernel that
-does it in one. Forward results are always `keras.ops` results, so outputs
-stay bit-exact; only the backward pass changes, within float32 rounding.
-
-- `frozen_batch_norm(...)`: Keras's inference-mode BN op whose backward is
-  TensorFlow's `FusedBatchNormGradV2` or torch's
-  `native_batch_norm_backward` (inference mode): `dx`, `dgamma` and `dbeta`
-  in one kernel.
-- `scale_channels(kernel, scale)`: `kernel * scale` along the last axis,
-  whose TensorFlow backward (`dkernel = dy * scale`, `dscale = sum(dy *
-  kernel)`) is the same fused kernel.
-
-`frozen_batch_norm` has a native path on the backends in
-`NATIVE_BACKENDS`; callers check `records_gradients()` before using it.
+Frozen BN and a fused layer's kernel scaling are per-channel affine maps;
+autodiff of `keras.ops` takes several passes over the data for their
+gradients, TensorFlow's `FusedBatchNormGradV2` and torch's
+`native_batch_norm_backward` one. Forward results stay `keras.ops`
+results, bit-exact; only the backward changes, within float32 rounding.
 """
 
 import functools

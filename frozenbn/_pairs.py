@@ -1,14 +1,7 @@
-"""Linear layers followed by a BatchNormalization: which pairs qualify.
+"""Which (linear layer, BN) pairs `fold` and `fuse` make one layer, and why not.
 
-`fold` (for inference) and `fuse` (for training) both replace "a Conv or
-Dense layer whose output feeds only a BatchNormalization layer" by one
-layer. This module is the one place that
-
-- decides which (layer, BN) pairs qualify, and why the other BN layers do
-  not (`Rewriter`, with a tool-specific `check` for the BN itself), and
-  rewrites the model through `frozenbn._graph`;
-- says in one shape what a tool did (`RewriteReport`) and which models it
-  accepts (`check_graph_model`).
+`Rewriter` decides and rewrites the model through `frozenbn._graph`;
+`RewriteReport` says in one shape what a tool did.
 """
 
 import dataclasses

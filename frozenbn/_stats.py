@@ -1,18 +1,9 @@
-"""One statistics pass over a model's BatchNormalization layers.
+"""What one statistics pass measures, for `recalibrate`, `audit` and `PreciseBN`.
 
-Shared by `recalibrate` (which writes the result), `audit` (which compares
-it with the moving statistics) and `callbacks.PreciseBN`. A
-`StatisticsPass` puts a measuring `call` on each selected BN layer (on the
-instance only): it takes the per-channel moments of the layer's input about
-a shift (the first input position the layer saw, so float32 is exact even
-when `|mean| >> std`) and normalizes as `fit` would. The moments are pooled
-on the device, batch after batch, with Chan's update
-(`frozenbn._math.pool_moments`), inside one compiled step per batch
-(`frozenbn._compile.Step`: `tf.function`, `jax.jit`, torch without
-autograd); the Python of the measuring call runs when the step is traced.
-Nothing is copied to the host until the pass ends; then the states of all
-replicas and workers are pooled, checked for NaN/inf and returned as
-float64 `PooledMoments`.
+Each measured BN layer's `call` is replaced (on the instance, for the pass)
+by one that takes the moments of its input about a shift (its first input
+position, so float32 stays exact when `|mean| >> std`) and pools them on the
+device batch after batch; `frozenbn._compile.Step` runs each batch compiled.
 """
 
 import threading
@@ -57,11 +48,9 @@ def measurable_layers(model, include, logger, consequence: str = ""):
 def uses_batch_statistics_in_fit(model: keras.layers.Layer) -> Dict[int, bool]:
     """For each BN layer id: does `fit` normalize it with batch statistics?
 
-    False for `frozen=True` frozenbn layers, `trainable=False` layers (the
-    Keras rule) and layers inside an active `frozenbn.Frozen` wrapper. A
-    `training=False` recorded in a Functional graph does not count: Keras 3
-    hands `fit`'s `training=True` to every layer of the graph that takes a
-    `training` argument, recorded value or not.
+    Not for `frozen=True`, `trainable=False` or an active `Frozen` wrapper.
+    A `training=False` recorded in a Functional graph does not count: Keras 3
+    hands `fit`'s `training=True` to every layer that takes `training`.
     """
     forced = set()
     for layer in _walk.iter_layers(model):
@@ -78,11 +67,8 @@ def uses_batch_statistics_in_fit(model: keras.layers.Layer) -> Dict[int, bool]:
 
 
 class PooledStatistics:
-    """The result of a `StatisticsPass`: pooled moments per BN layer.
-
-    `self[layer]` is that layer's `frozenbn._math.PooledMoments` (empty, with
-    `mean` None, for a layer the forward pass never called).
-    """
+    """Pooled moments per BN layer: `self[layer]` is a `PooledMoments`
+    (with `mean` None for a layer the forward pass never called)."""
 
     def __init__(self, layers: list, moments: List[_math.PooledMoments]):
         self._pooled = {id(layer): m for layer, m in zip(layers, moments)}
@@ -96,15 +82,9 @@ class PooledStatistics:
 
 
 def check_finite_statistics(layers: list, bad: list, order: list) -> None:
-    """Raises a `ValueError` if some batch gave NaN or inf moments.
-
-    `bad[i]` is the first batch at which `layers[i]` saw non-finite moments
-    (-1: none; `_distribute.REMOTE_BAD`: on another replica or worker only);
-    `order` lists layer indices in the order the forward pass calls them.
-    The error names the earliest batch and, in it, the first layer called:
-    NaN or inf in the data or in the activations upstream. It is raised
-    before anything is written, so the model is left unchanged.
-    """
+    """Raises a `ValueError` naming the earliest batch with NaN/inf moments
+    and its first layer called (`order`); `bad[i]` is `layers[i]`'s first
+    bad batch, -1 for none, `_distribute.REMOTE_BAD` for another replica."""
 
     def position(i):
         return order.index(i) if i in order else len(order)
@@ -130,35 +110,15 @@ def check_finite_statistics(layers: list, bad: list, order: list) -> None:
 
 
 class StatisticsPass:
-    """Measures the input statistics of BN layers over a stream of batches.
+    """Measures the input statistics of `layers` over a stream of batches.
 
-    Use as a context manager: inside the `with` block each given layer's
-    `call` is replaced, on the instance only, by a measuring one; on exit
-    (even after an error) the original is put back. `step(x)` runs one
-    batch; `result()` ends the pass. The layers' variables are never
-    written. In the forward pass each measured layer normalizes:
-
-    - `mode=BATCH`: with the batch's statistics (the replica's batch, or
-      the global batch for `synchronized=True` layers, as in `fit`);
-    - `mode=AS_IN_FIT`: with the batch's statistics where `fit` would (see
-      `uses_batch_statistics_in_fit`) unless the call receives
-      `training=False`, otherwise with the moving statistics.
-
-    Other layers run in inference mode (`training` is left unset).
-
-    Args:
-        model: The model to run.
-        layers: The BN layers to measure (exact Keras/frozenbn classes, see
-            `measurable_layers`).
-        mode: `BATCH` or `AS_IN_FIT`.
-        batch_in_fit: `uses_batch_statistics_in_fit(model)`, for `AS_IN_FIT`.
-        outputs: Whether `step` returns the model's outputs `(as_in_fit,
-            inference)`; otherwise it returns None and the compiled step
-            skips the layers after the last BN layer.
-
-    Batches are spread over the replicas or devices of the model's
-    distribution and the statistics pooled across workers
-    (`frozenbn._distribute`).
+    A context manager: the measuring calls are on the layers inside the
+    `with` block only; `step(x)` runs one batch, `result()` ends the pass.
+    No variable is written. Measured layers normalize with batch statistics
+    (`mode=BATCH`) or as `fit` would (`AS_IN_FIT`, given `batch_in_fit`);
+    other layers run in inference mode. With `outputs=True`, `step` returns
+    the model's outputs `(as_in_fit, inference)`; otherwise None, and the
+    compiled step skips the layers after the last BN.
     """
 
     def __init__(
@@ -261,12 +221,8 @@ class StatisticsPass:
 
 
 def _program(model, layers, mode, batch_in_fit, outputs):
-    """The cached `_Program` for this model and configuration, or a new one.
-
-    Cached on the model, like Keras's own `predict_function`, so repeated
-    passes (`callbacks.PreciseBN` every epoch) trace and compile once.
-    Everything a trace depends on is in the key.
-    """
+    """The `_Program` for this configuration, cached on the model like
+    Keras's `predict_function` so repeated passes compile once."""
     key = (
         mode,
         outputs,
@@ -295,16 +251,9 @@ def _program(model, layers, mode, batch_in_fit, outputs):
 class _Program:
     """A measuring forward pass and its compiled step, for one model.
 
-    `measuring_call(layer, original)` makes the `call` that a
-    `StatisticsPass` puts on each measured layer; `step(state, x, index)`
-    runs one batch (see `frozenbn._compile.Step`); `initial_state(x)` is
-    the zero state. `order` lists layer indices in the order the forward
-    pass first calls them (filled while tracing).
-
-    The state is five flat tensors over the channels of all layers, layer
-    `i` at `slices[i]`: `(count, shift, mean, m2, first_bad_batch)`, so a
-    step passes five tensors, not five per layer, and pools every layer's
-    moments in one update (per call of a layer within a batch).
+    The state is five flat tensors over all layers' channels, layer `i` at
+    `slices[i]`: `(count, shift, mean, m2, first_bad_batch)`, so one update
+    pools every layer (per call of a layer within a batch).
     """
 
     def __init__(self, model, layers, mode, batch_in_fit, outputs):
@@ -320,13 +269,7 @@ class _Program:
         self.step = _compile.Step(model, self._body)
 
     def initial_state(self, x):
-        """Zero statistics, placed for the steps; builds the model if needed.
-
-        Per channel: `(count, shift, mean, m2, first_bad_batch)`, `mean` and
-        `m2` being taken about `shift`, a value of the data (the first
-        input position seen) so that float32 loses nothing when the mean
-        is large (see `frozenbn._math.pool_moments`).
-        """
+        """Zero statistics, placed for the steps; builds the model if needed."""
         if not all(layer.built for layer in self.layers):
             # A model built on its first call: build it outside the
             # compiled step, which must not create variables.

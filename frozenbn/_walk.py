@@ -1,11 +1,8 @@
 """One walk over a model's layers, shared by every frozenbn tool.
 
-`convert`, `freeze`, `recalibrate`, `fold`, `fuse` and `audit` all need
-"every layer of this model, nested models and sublayers of custom layers
-included, each once", and the copying tools need to know which layer of a
-copy stands for which layer of the original. Keras keeps the layer tree
-behind private attributes; this module is the single place that reads
-them.
+Every layer once, nested models and sublayers of custom layers included,
+and which layer of a copy stands for which of the original. Keras keeps the
+layer tree behind private attributes; this module reads them.
 """
 
 from collections import deque
@@ -58,16 +55,12 @@ def batch_norm_layers(
 
 
 def custom_batch_norm_reason(layer: keras.layers.Layer) -> Optional[str]:
-    """Why frozenbn leaves `layer` alone, if it is a custom BN subclass.
+    """Why every tool leaves `layer` alone if it is a custom BN subclass, else None.
 
-    The one policy of every tool: frozenbn works on Keras's and its own
-    BatchNormalization classes, whose `call` it knows. A subclass of either
-    may compute something else in its `call`; frozenbn never reinterprets
-    it. `convert` refuses it (its `include` argument can skip it); `fold`,
-    `fuse`, `recalibrate` and `audit` leave it as it is and say so with
-    this reason. Returns `None` for the two known classes (and non-BN
-    layers).
-    """
+frozenbn knows the `call` of Keras's and its own BN classes only; a
+subclass may compute something else. `convert` refuses it (`include` can
+skip it); the other tools leave it and say so with this reason.
+"""
     if not is_batch_norm(layer) or type(layer) in (
         KERAS_BATCH_NORMALIZATION,
         _FrozenBatchNormalization,
@@ -144,20 +137,13 @@ def layer_path(root: keras.layers.Layer, layer: keras.layers.Layer) -> str:
 def match(
     source: keras.layers.Layer, copy: keras.layers.Layer
 ) -> Dict[int, keras.layers.Layer]:
-    """Which layer of `copy` stands for each layer of `source`.
+    """`{id(source_layer): copy_layer}`: the counterpart of each layer in `copy`.
 
-    `copy` is a copy of `source` (a clone, or a model rebuilt from its
-    config). Layers are matched by their path in the model, level by level
-    from the roots: children with the same name and class are paired first
-    (names are kept by configs; a model rebuilt from its config may list
-    its sublayers in another order); the remaining children are paired by
-    class, in order (sublayers that custom layers create without a name get
-    a new automatic name in a copy). Shared layers are matched once.
-
-    Returns:
-        `{id(source_layer): copy_layer}`; layers with no counterpart are
-        missing from it.
-    """
+Matched level by level by path: children with the same name and class
+first (a model rebuilt from config may reorder sublayers), the rest by
+class in order (unnamed sublayers get new automatic names in a copy).
+Shared layers are matched once; layers with no counterpart are absent.
+"""
     pairs = {id(source): copy}
     queue = deque([(source, copy)])
     while queue:

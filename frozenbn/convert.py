@@ -174,16 +174,9 @@ def _check_copyable(model: keras.layers.Layer) -> None:
 
 
 def _warn_if_config_forgets(model: keras.layers.Layer) -> None:
-    """Warns when `model.save` would not record its frozenbn layers.
-
-    Models whose config lists their layers (Sequential, Functional,
-    `keras.applications`) save each layer's class, so a `.keras` file
-    loads with frozenbn layers again. Models whose config holds only
-    constructor arguments (keras-hub backbones and task models, many
-    subclassed models) rebuild their layers from code when they load, with
-    Keras's BatchNormalization: same weights, same inference outputs, but
-    batch statistics again in `fit`.
-    """
+    """Warns when `model.save` would not record its frozenbn layers: configs
+that hold only constructor arguments (keras-hub models, many subclassed
+ones) rebuild Keras's BN on load, with batch statistics again in `fit`."""
     ours = [
         layer
         for layer in _walk.iter_layers(model)
