@@ -1,15 +1,8 @@
-"""The numeric core shared by frozenbn's tools.
+"""The BN algebra shared by fold, fuse, recalibrate and audit, in one place.
 
-- `scale_and_shift`: a linear layer followed by a BN layer in inference
-  mode as one kernel scale and one shift, used by `fold` and `fuse`.
-- `batch_moments`: per-channel mean, biased variance and sample count of one
-  batch, with Keras BN's mask convention, in `keras.ops`.
-- `pool_moments` / `all_reduce_moments`: the exact population mean and
-  variance of a stream of batches from their per-batch moments (the
-  precise-BN estimator, Chan et al.'s pairwise update), as tensors in
-  `keras.ops` for a compiled pass (batch after batch, and across replicas
-  or workers with nothing but sums).
-- `PooledMoments`: the result on the host, in float64.
+Folding a BN into a linear layer (`scale_and_shift`), one batch's moments
+(`batch_moments`) and their exact pooling over batches and replicas
+(`pool_moments`, `all_reduce_moments`, `PooledMoments`).
 """
 
 from typing import Optional
@@ -19,16 +12,11 @@ from keras import ops
 
 
 def scale_and_shift(gamma, beta, mean, variance, epsilon, bias, rsqrt):
-    """`(scale, shift)` with `BN(layer(x)) = layer_without_bias(x) * scale +
-    shift` for a BN layer in inference mode after a linear layer.
+    """`(scale, shift)`: `BN(layer(x)) = layer_without_bias(x) * scale + shift`.
 
-    `scale = gamma * rsqrt(variance + epsilon)` and `shift = (bias - mean) *
-    scale + beta`, the algebra of torch's `fuse_conv_bn_weights`. `gamma`,
-    `beta` and `bias` may be `None` (`scale=False`, `center=False`, no
-    bias). One rule for `fold`, in float64 NumPy (`rsqrt` is `1 / sqrt`),
-    and `fuse`, in `keras.ops` (`ops.rsqrt`), so gradients reach every input.
-
-    Example:
+    For an inference-mode BN after a linear layer; `gamma`, `beta`, `bias`
+    may be `None`. `fold` passes NumPy and `1 / sqrt`, `fuse` `keras.ops` and
+    `ops.rsqrt` (so gradients reach every input): one formula for both.
 
     >>> scale, shift = scale_and_shift(None, None, np.array([1.0]),
     ...     np.array([4.0]), 0.0, None, lambda v: 1 / np.sqrt(v))
@@ -45,24 +33,12 @@ def scale_and_shift(gamma, beta, mean, variance, epsilon, bias, rsqrt):
 
 
 def batch_moments(x, axis: int, mask=None):
-    """Per-channel mean, biased variance and count of one batch.
+    """Per-channel `(mean, biased variance, count)` of one batch.
 
-    Two-pass (`mean((x - mean)^2)`) in float32 or wider, which is more
-    accurate than `E[x^2] - E[x]^2` when the mean is large. A `mask` follows
-    Keras BN's convention: it has the shape of `x` without the last axis, and
-    masked-out positions count neither in the sums nor in the count.
-
-    Args:
-        x: A tensor of rank >= 2.
-        axis: The channel axis.
-        mask: Optional boolean-like tensor, see above.
-
-    Returns:
-        `(mean, variance, count)`: two per-channel tensors and the number of
-        positions per channel (a Python int, or a scalar tensor when masked
-        or when a dimension is unknown while tracing).
-
-    Example:
+    Two-pass in float32 or wider (stable when the mean is large). `mask`
+    follows Keras BN: the shape of `x` without the channel axis; masked
+    positions are not counted. `count` is an int, or a scalar tensor when
+    masked or traced with an unknown dimension.
 
     >>> m, v, n = batch_moments(np.array([[1.0], [3.0]], "float32"), axis=-1)
     >>> float(m[0]), float(v[0]), n
@@ -78,7 +54,6 @@ def batch_moments(x, axis: int, mask=None):
         count = 1
         shape = ops.shape(x)
         for i in axes:
-            # An int, or a scalar tensor for a dimension unknown when traced.
             count = count * shape[i]
         return ops.squeeze(mean, axis=axes), var, count
     weights = ops.cast(ops.expand_dims(mask, axis=-1), x.dtype)
@@ -95,20 +70,15 @@ def batch_moments(x, axis: int, mask=None):
 
 
 def _wide_float(dtype) -> str:
-    # Statistics of float16/bfloat16 activations overflow; compute them in
-    # float32 (float64 stays float64).
+    # float16/bfloat16 statistics overflow.
     return "float64" if "float64" in str(dtype) else "float32"
 
 
 class PooledMoments:
-    """The pooled mean, biased variance and count of one BN layer's inputs.
+    """Pooled mean, biased variance and count of a BN layer's inputs (float64).
 
-    The host-side result of a statistics pass: `from_state` reads the
-    `(count, mean, m2)` state that `pool_moments` accumulated on the device
-    (float64 from here on). Before any batch, `mean` and `variance` are
-    `None` and `count` is 0.
-
-    Example:
+    The host-side result of a statistics pass; `mean` and `variance` are
+    `None` before any batch.
 
     >>> pooled = PooledMoments.from_state(3.0, [3.0], [8.0])
     >>> pooled.mean.tolist(), pooled.variance.tolist(), pooled.count
@@ -122,10 +92,7 @@ class PooledMoments:
 
     @classmethod
     def from_state(cls, count, mean, m2) -> "PooledMoments":
-        """The pooled moments of a `pool_moments` state `(count, mean, m2)`.
-
-        A state with `count == 0` (no batch) gives an empty `PooledMoments`.
-        """
+        """Reads a `pool_moments` state `(count, mean, m2)`; 0 is empty."""
         pooled = cls()
         if float(count) > 0:
             pooled.count = float(count)
@@ -142,27 +109,12 @@ class PooledMoments:
 
 
 def pool_moments(state, mean, var, count):
-    """Adds one batch's moments to a pooled state, in `keras.ops`.
+    """Adds one batch's moments to a float32 state `(count, mean, m2)`.
 
-    The mean and biased variance of all positions of all batches, exactly
-    as if they were one batch (fvcore's population-variance estimator, never
-    a mean of means), by Chan, Golub and LeVeque's pairwise update, which
-    does not cancel when `|mean| >> std`. `state` is `(count, mean, m2)` in
-    float32, `m2` the sum of squared deviations from `mean`. A batch with
-    `count == 0` (an empty shard, a fully masked batch) changes nothing. The
-    caller takes the moments about a value close to the data (and adds it
-    back to the final mean), so float32 loses nothing to a large mean.
-
-    Args:
-        state: The pooled `(count, mean, m2)` so far; zeros to start.
-        mean: The batch's per-channel mean.
-        var: The batch's per-channel biased variance.
-        count: The batch's number of positions per channel.
-
-    Returns:
-        The new `(count, mean, m2)`.
-
-    Example:
+    Exact population moments, as if all batches were one (never a mean of
+    means), by Chan et al.'s pairwise update, stable when `|mean| >> std`;
+    `m2` is the sum of squared deviations. A `count == 0` batch changes
+    nothing. Start from zeros.
 
     >>> state = (0.0, np.zeros(1, "float32"), np.zeros(1, "float32"))
     >>> state = pool_moments(state, np.array([1.0]), np.array([0.0]), 1)
@@ -187,28 +139,14 @@ def pool_moments(state, mean, var, count):
 
 
 def all_reduce_moments(count, mean, m2, sum_all):
-    """Pools `(count, mean, m2)` states held by several replicas or workers.
+    """Pools the `(count, mean, m2)` states of all replicas or workers.
 
-    Exact and stable with only sum-reductions, which every backend's
-    collectives offer: a first all-reduce gives the total count and the
-    count-weighted sum of means, a second the sum of each part's `m2` plus its
-    between-part spread `count * (mean - pooled_mean)^2`. Never a mean of
-    means: parts of different sizes weigh by their counts (flax #2417).
+    Exact with sum-reductions only (what every backend's collectives offer),
+    weighting parts by their counts. `count` has the shape of `mean`;
+    `sum_all(list) -> list` sums each tensor over all parts and is called
+    twice. Returns the pooled state, the same on every part.
 
-    Args:
-        count: This part's counts, as a tensor of the shape of `mean` (a
-            flat layout repeats each layer's count over its channels).
-        mean: This part's means.
-        m2: This part's sums of squared deviations from `mean`.
-        sum_all: `sum_all(tensors) -> tensors`, the sum of each tensor of
-            a list over all parts (one batched all-reduce); called twice.
-
-    Returns:
-        The pooled `(count, mean, m2)`, the same on every part.
-
-    Example:
-
-    >>> # Two parts, {1} and {3, 5}, stacked on axis 0 of one array here.
+    >>> # Two parts, {1} and {3, 5}, stacked on axis 0.
     >>> n, mean, m2 = all_reduce_moments(
     ...     np.array([1.0, 2.0]), np.array([1.0, 4.0]), np.array([0.0, 2.0]),
     ...     lambda ts: [ops.sum(t, axis=0, keepdims=True) for t in ts])

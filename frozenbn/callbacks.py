@@ -1,4 +1,7 @@
-"""Keras callbacks: freeze BN statistics from an epoch on; precise BN."""
+"""Keras callbacks: freeze BN statistics from an epoch on; precise BN.
+
+They apply `convert` and `recalibrate` at the right point of a running `fit`.
+"""
 
 import logging
 from typing import Any
@@ -20,20 +23,12 @@ logger = logging.getLogger(__name__)
 class FreezeBatchNorm(keras.callbacks.Callback):
     """Freezes the model's BatchNormalization statistics from an epoch on.
 
-    At the start of epoch `epoch` (0-based, as Keras counts), every selected
-    BN layer of the model is made a `frozenbn.BatchNormalization` with
-    `frozen=True`, in place (`frozenbn.convert(model, inplace=True)`: stock
-    Keras BN layers change class, keeping their variables; frozenbn layers
-    only get the flag). From then on `fit` normalizes them with their
-    moving statistics and no longer updates these, while gamma and beta
-    keep training. The train function is rebuilt so the change takes
-    effect in the running `fit` on every backend.
-
-    A common schedule: train normally for a few epochs so the statistics
-    adapt to the new data, then freeze them (at a low learning rate, Adam
-    1e-5) so that `fit` and `evaluate` agree. Applied once per callback
-    object, at the first epoch if `fit` starts later; the model stays frozen
-    after `fit` (`frozenbn.unfreeze(model)` undoes it).
+    At the start of epoch `epoch` (or of the first, if `fit` starts later)
+    it runs `frozenbn.convert(model, inplace=True)` and rebuilds the train
+    function: the running `fit` then normalizes with the moving statistics,
+    never updates them, and keeps training gamma and beta. The epochs before
+    let the statistics adapt to new data. Applied once; the model stays
+    frozen after `fit` (`frozenbn.unfreeze(model)` undoes it).
 
     Args:
         epoch: First (0-based) epoch trained with frozen statistics.
@@ -42,9 +37,8 @@ class FreezeBatchNorm(keras.callbacks.Callback):
     Example:
 
     >>> import numpy as np, keras, frozenbn
-    >>> model = keras.Sequential([keras.Input((4,)),
-    ...     keras.layers.Dense(8), keras.layers.BatchNormalization(),
-    ...     keras.layers.Dense(1)])
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
+    ...     keras.layers.BatchNormalization(), keras.layers.Dense(1)])
     >>> model.compile("sgd", "mse")
     >>> x, y = np.random.rand(64, 4), np.random.rand(64, 1)
     >>> history = model.fit(x, y, epochs=2, verbose=0,
@@ -85,32 +79,26 @@ class FreezeBatchNorm(keras.callbacks.Callback):
 class PreciseBN(keras.callbacks.Callback):
     """Recalibrates BN statistics during `fit` (precise BN), every n epochs.
 
-    At the end of every `every_n_epochs`-th epoch's training, before that
-    epoch's validation (so `val_*` metrics already use them), the BN moving
-    statistics are replaced by the exact population statistics of `x` with
-    `frozenbn.recalibrate`: detectron2's `PreciseBN` hook. With weight
-    averaging (`use_ema=True`), list `keras.callbacks.SwapEMAWeights`
-    before it: the statistics then follow the weights they were measured
-    for (docs/usage.md).
+    After every `every_n_epochs`-th epoch's training, and before its
+    validation (so `val_*` metrics use them), `frozenbn.recalibrate` writes
+    the exact population statistics of `x`, like detectron2's `PreciseBN`
+    hook. With `use_ema=True`, list `keras.callbacks.SwapEMAWeights` first.
 
     Args:
-        x: Data to compute the statistics on, in any form
-            `frozenbn.recalibrate` takes (labels are ignored), typically a
-            few hundred batches of training data without augmentation
-            randomness you do not want in the statistics.
+        x: Data in any form `frozenbn.recalibrate` takes (labels ignored),
+            e.g. a few hundred batches of training data without augmentation.
         batch_size: Batch size for array `x`; `None` is 32.
-        steps: Number of batches of `x` per recalibration; `None` uses
-            all (required for infinite data).
+        steps: Batches of `x` per recalibration; `None` uses all (set it
+            for infinite data).
         verbose: `recalibrate`'s progress display. Defaults to 0.
-        every_n_epochs: Recalibrate after every n-th epoch (epochs n, 2n,
-            ... counting from 1). Defaults to 1.
+        every_n_epochs: Recalibrate after epochs n, 2n, ... (counting from
+            1). Defaults to 1.
 
     Example:
 
     >>> import numpy as np, keras, frozenbn
-    >>> model = keras.Sequential([keras.Input((4,)),
-    ...     keras.layers.Dense(8), keras.layers.BatchNormalization(),
-    ...     keras.layers.Dense(1)])
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
+    ...     keras.layers.BatchNormalization(), keras.layers.Dense(1)])
     >>> model.compile(keras.optimizers.SGD(use_ema=True), "mse")
     >>> x, y = np.random.rand(64, 4), np.random.rand(64, 1)
     >>> history = model.fit(x, y, epochs=1, verbose=0,
@@ -156,8 +144,7 @@ class PreciseBN(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._in_fit = False
         if self._ema is not None and not self._ema.install_known():
-            # `fit` wrote the EMA weights into the model; nobody measured
-            # them yet.
+            # `fit` wrote EMA weights that were never measured.
             self._done = False
             self._recalibrate()
         self._ema = None
@@ -169,10 +156,8 @@ class PreciseBN(keras.callbacks.Callback):
             self._ema.install_known(restore_displaced=True)
 
     def on_test_begin(self, logs=None):
-        # Keras runs the epoch's validation through `evaluate` with the
-        # same callbacks, after the training steps and after syncing the
-        # model variables (JAX); recalibrating here lets validation use the
-        # new statistics.
+        # The epoch's validation starts here, after the variables are
+        # synced (JAX): recalibrate so it uses the new statistics.
         if self._in_fit:
             self._recalibrate()
 
@@ -207,13 +192,10 @@ class PreciseBN(keras.callbacks.Callback):
 
 
 class _StatisticsOfWeights:
-    """BN statistics that follow the weights swapped in and out of a model.
+    """BN statistics that follow EMA weights swapped in and out of a model.
 
-    Remembers the statistics PreciseBN computed for some weights and the
-    ones they displaced, keyed by a fingerprint of the weights, and puts
-    them back when those weights return (see `PreciseBN`). Fingerprints
-    match within float32 rounding: TensorFlow's `SwapEMAWeights` swaps by
-    additions, which need not give back the same bits.
+    Keyed by a weight fingerprint that matches within float32 rounding:
+    TensorFlow's `SwapEMAWeights` swaps by additions, not bit-exactly.
     """
 
     def __init__(self, model):
@@ -240,11 +222,10 @@ class _StatisticsOfWeights:
         self._known.append(self._installed)
 
     def install_known(self, restore_displaced: bool = False) -> bool:
-        """Installs the statistics of the weights now in the model, if known.
+        """Installs the known statistics of the current weights; returns if any.
 
-        With `restore_displaced`, weights never seen get the statistics
-        the last recalibration displaced (the training weights coming back
-        after `SwapEMAWeights`). Returns whether statistics are known.
+        With `restore_displaced`, unseen weights (training weights swapped
+        back) get the statistics the last recalibration displaced.
         """
         if not self._known:
             return False
@@ -299,9 +280,7 @@ def _uses_ema(model) -> bool:
 
 
 def _retrace(model) -> None:
-    """Makes the next train step trace the model again."""
-    # The `frozen` flag (and the layer class) is read when Keras traces the
-    # train function; force a new trace. Torch runs eagerly unless
-    # jit-compiled, and the forced rebuild is harmless there.
+    """Makes the next train step trace the model again (`frozen` is read
+    at trace time)."""
     if hasattr(model, "make_train_function"):
         model.make_train_function(force=True)

@@ -1,4 +1,7 @@
-"""`fuse` / `unfuse`: train Conv+frozen BN as one layer, and undo it."""
+"""`fuse` / `unfuse`: train Conv+frozen BN as one layer, and undo it.
+
+Fusing gives the folded network's cost while gamma and beta still train.
+"""
 
 import logging
 import math
@@ -29,33 +32,30 @@ FuseReport = _pairs.RewriteReport
 def fuse(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
     """Returns a training copy of `model` with frozen BN fused into its layer.
 
-    A frozen `frozenbn.BatchNormalization` after a linear layer is computed
-    inside it, `conv(x, kernel * s) + (bias - mean) * s + beta` with `s =
-    gamma / sqrt(moving_variance + epsilon)` (PyTorch Inductor's
-    "efficient_conv_bn_eval"): the cost of the folded network, while the
-    kernel, bias, gamma and beta stay separate variables with their names
-    and `trainable` flags, trained as before. Pairs qualify by `fold`'s
-    rules, with the BN frozen. Outputs and gradients equal the unfused
-    model's up to float32 rounding. The copy saves as `.keras`; `unfuse`
-    gives back separate layers. `model` is not modified; compile the copy.
+    Each frozen `frozenbn.BatchNormalization` after a linear layer (a pair
+    `fold` accepts) becomes one `FusedBatchNorm` computing `conv(x, kernel *
+    s) + (bias - mean) * s + beta`, `s = gamma / sqrt(moving_variance +
+    epsilon)`: the folded network's cost, while kernel, bias, gamma and beta
+    stay separate variables with their names and `trainable` flags. Outputs
+    and gradients equal the unfused model's up to float32 rounding. `model`
+    is not modified; compile the copy. `unfuse` undoes it.
 
     Args:
         model: A built Functional or Sequential `keras.Model` with frozen
             `frozenbn.BatchNormalization` layers (`frozenbn.convert(model)`).
 
     Returns:
-        `(fused_model, report)`: the report is a `frozenbn.RewriteReport`.
+        `(fused_model, report)`, the report a `frozenbn.RewriteReport`.
 
     Example:
 
     >>> import keras, frozenbn
     >>> model = frozenbn.convert(keras.Sequential([
     ...     keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
-    ...     keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU()],
-    ...     name="model"))
+    ...     keras.layers.BatchNormalization(name="bn")], name="model"))
     >>> fused, report = frozenbn.fuse(model)
     >>> [type(layer).__name__ for layer in fused.layers], report.pairs
-    (['FusedBatchNorm', 'ReLU'], [('model/conv', 'model/bn')])
+    (['FusedBatchNorm'], [('model/conv', 'model/bn')])
     >>> [w.name for w in fused.trainable_weights]
     ['kernel', 'bias', 'gamma', 'beta']
     """
@@ -71,10 +71,8 @@ def fuse(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
 def unfuse(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
     """Returns a copy of `model` with each `FusedBatchNorm` split in two.
 
-    The inverse of `fuse`: every fused layer becomes its linear layer
-    followed by its BN layer again, with the current (trained) values of all
-    their variables and their names. Everything else is copied unchanged.
-    `model` is not modified.
+    The inverse of `fuse`: the linear layer and its BN again, with their
+    names and current (trained) values. `model` is not modified.
 
     Args:
         model: A built Functional or Sequential `keras.Model`.
@@ -93,8 +91,7 @@ def unfuse(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
     >>> model = frozenbn.convert(keras.Sequential([
     ...     keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
     ...     keras.layers.BatchNormalization(name="bn")], name="model"))
-    >>> fused, _ = frozenbn.fuse(model)
-    >>> unfused, report = frozenbn.unfuse(fused)
+    >>> unfused, report = frozenbn.unfuse(frozenbn.fuse(model)[0])
     >>> [layer.name for layer in unfused.layers], report.pairs
     (['conv', 'bn'], [('model/conv', 'model/bn')])
     """
@@ -103,8 +100,7 @@ def unfuse(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
     try:
         copy = _unfuse(model, None, model.name, report.pairs)
     except _clone.UncopyableLayer as error:
-        # See `_graph.private_copy`: reuse the layers that a config does
-        # not rebuild, from a private copy of the model.
+        # Reuse layers a config does not rebuild (`_graph.private_copy`).
         private, names = _graph.private_copy(model, error, "unfuse")
         reused, report.pairs[:] = [], []
         copy = _unfuse(private, reused, model.name, report.pairs)
@@ -176,29 +172,27 @@ def _fused(layer, bn) -> "FusedBatchNorm":
 class FusedBatchNorm(keras.layers.Layer):
     """A linear layer and the frozen BatchNormalization after it, as one.
 
-    Built by `frozenbn.fuse`. With `s = gamma / sqrt(moving_variance +
-    epsilon)` (gamma = 1 for `scale=False`, beta = 0 for `center=False`,
-    bias = 0 for `use_bias=False`), it computes
-
-        layer_op(x, kernel * s) + (bias - moving_mean) * s + beta
-
-    where `layer_op` is `layer`'s convolution or matrix product without its
-    bias. For a separable convolution the pointwise kernel is scaled, for a
-    depthwise one the kernel's `(in, multiplier)` axes, for a transposed one
-    its output axis. The variables are those of the two sublayers, so
-    `layer.kernel`, `layer.bias`, `batch_norm.gamma` and `batch_norm.beta`
-    train as they would unfused, and gradients are equal up to float32
-    rounding. If `batch_norm.frozen` is set to False, the two sublayers run
-    one after the other, exactly as unfused.
+    Built by `frozenbn.fuse`. It computes `layer_op(x, kernel * s) + (bias -
+    moving_mean) * s + beta`, `s = gamma / sqrt(moving_variance + epsilon)`,
+    with `layer_op` the layer's convolution or matmul without bias, on the
+    sublayers' own variables, so they train as unfused. Where cheaper, or
+    with `batch_norm.frozen = False`, it runs the two layers in turn.
 
     Args:
-        layer: The linear layer (one of the types `fuse` accepts), built.
-        batch_norm: A `frozenbn.BatchNormalization` on `layer`'s channel
-            axis, built on `layer`'s output.
+        layer: The linear layer (one of the types `fuse` accepts).
+        batch_norm: A `frozenbn.BatchNormalization` on `layer`'s channel axis.
         **kwargs: Base layer arguments such as `name` and `dtype`.
+
+    Example:
+
+    >>> import keras, frozenbn
+    >>> fused = frozenbn.FusedBatchNorm(
+    ...     keras.layers.Dense(2), frozenbn.BatchNormalization(frozen=True))
+    >>> tuple(fused(keras.ops.ones((1, 3))).shape)
+    (1, 2)
     """
 
-    # `_pairs` reports a BN held here as fused rather than as unreachable.
+    # `_pairs` reports a BN held here as fused, not unreachable.
     merges_batch_norm = True
 
     def __init__(
@@ -208,9 +202,8 @@ class FusedBatchNorm(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         kwargs.pop("config_version", None)
-        # Variables are read at their own dtype (float32 under mixed
-        # precision) so that `kernel * s` is computed before it is rounded;
-        # `call` casts the inputs itself.
+        # Read variables in float32 under mixed precision, so `kernel * s`
+        # is rounded once; `call` casts the inputs.
         kwargs["autocast"] = False
         super().__init__(**kwargs)
         if not isinstance(layer, _pairs.LINEAR_TYPES):
@@ -233,17 +226,12 @@ class FusedBatchNorm(keras.layers.Layer):
         if not self.batch_norm.built:
             self.batch_norm.build(self.layer.compute_output_shape(input_shape))
 
-    # Private switch for tests and benchmarks: "auto" scales the kernel or
-    # runs the two layers in turn, whichever touches fewer values; "kernel"
-    # always scales the kernel.
+    # Private switch for tests and benchmarks: "kernel" always scales the
+    # kernel; "auto" picks what touches fewer values.
     _mode = "auto"
 
     def _scales_kernel(self, inputs) -> bool:
-        """Whether scaling the kernel is cheaper than scaling the output.
-
-        Scaling the kernel costs a few passes over the kernel (forward and
-        backward); normalizing the output costs as many over the output.
-        """
+        """Whether the kernel has fewer values than the output to scale."""
         if self._mode == "kernel":
             return True
         outputs = self.layer.compute_output_shape(tuple(inputs.shape))
@@ -294,8 +282,7 @@ class FusedBatchNorm(keras.layers.Layer):
 
 
 def _scale_and_shift(layer, bn):
-    """`_math.scale_and_shift` in float32 from the variables, so gradients
-    reach bias, gamma and beta."""
+    """`_math.scale_and_shift` on the float32 variables (differentiable)."""
 
     def read(variable):
         return None if variable is None else ops.cast(variable, "float32")

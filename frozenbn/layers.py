@@ -1,4 +1,6 @@
-"""Frozen-statistics BatchNormalization and the `Frozen` inference wrapper."""
+"""The frozenbn layers: `BatchNormalization` with frozen statistics, and the
+`Frozen` wrapper; the layers that convert, fuse and the other tools act on.
+"""
 
 import contextlib
 import contextvars
@@ -17,21 +19,14 @@ _PACKAGE = "frozenbn"
 # Keras's own class, taken at import.
 KERAS_BATCH_NORMALIZATION = keras.layers.BatchNormalization
 
-# Inside a `frozenbn.patch(frozen=...)` block (per thread and context): that
-# `frozen` value, which Keras BatchNormalization constructions build
-# frozenbn layers with and which frozenbn layers built without one take.
-# `None` outside any block: Keras builds its own class, and frozenbn layers
-# default to `frozen=False`.
+# The `frozen` of the enclosing `frozenbn.patch` block (per thread and
+# context); `None` outside one: Keras BN builds Keras's own class.
 DEFAULT_FROZEN = contextvars.ContextVar("frozenbn_default_frozen", default=None)
 
 
 @contextlib.contextmanager
 def keras_classes() -> Iterator[None]:
-    """Within the block, Keras BatchNormalization builds Keras's own class.
-
-    frozenbn's tools copy layers from their configs; inside a user's
-    `frozenbn.patch` block they must still get the class they copy.
-    """
+    """Keras BN builds Keras's class here, even in `patch` (for copies)."""
     token = DEFAULT_FROZEN.set(None)
     try:
         yield
@@ -51,9 +46,7 @@ def _frozen_property(doc: str) -> property:
     return property(get, set, doc=doc)
 
 
-# The version of the configs that `get_config` writes. A config without one
-# predates versioning and means version 1; a newer version than this one was
-# written by a newer frozenbn, whose meaning this version cannot know.
+# The config version `get_config` writes; a config without one is version 1.
 CONFIG_VERSION = 1
 
 
@@ -73,8 +66,7 @@ def _check_config_version(class_name: str, version) -> None:
 
 
 def _check_axis(axis) -> None:
-    # Keras's own `int(axis)` would fail with a message that never names
-    # `axis` for a list, and would silently truncate `axis=1.5`.
+    # Keras's `int(axis)` truncates 1.5 and does not name `axis` for a list.
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(
             "`axis` must be an int: Keras 3 BatchNormalization normalizes one "
@@ -88,54 +80,24 @@ def _check_axis(axis) -> None:
 class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     """Keras `BatchNormalization` with a `frozen` flag for fine-tuning.
 
-    A drop-in subclass of `keras.layers.BatchNormalization`: it takes every
-    argument of it, creates the same weights under the same names and writes
-    the same config keys (plus `frozen`), so weights and checkpoints move
-    between the two classes in both directions.
-
-    With `frozen=False` it *is* Keras BatchNormalization, bit for bit, in
-    training and in inference.
-
-    With `frozen=True` the layer always normalizes with `moving_mean` and
-    `moving_variance` and never updates them, whatever `training` says —
-    inside `fit()`, `evaluate()`, `predict()` or a direct call. Its output is
-    then exactly the output of stock Keras BN called with `training=False`
-    (the same `keras.ops.batch_normalization` op on the same values).
-    Unlike `trainable=False`, `frozen=True` keeps `gamma` and `beta`
-    trainable: gradients flow to them and to the inputs, and the optimizer
-    updates them. This is detectron2's `FrozenBatchNorm2d` with a learnable
-    affine part, mmdet's `norm_eval=True`, or the TF Object Detection API's
-    `FreezableBatchNorm(training=False)`.
-
-    `frozen` and `trainable` are independent:
-
-    | `frozen` | `trainable` | statistics in `fit()` | gamma/beta |
-    |---|---|---|---|
-    | False | True | batch statistics, moving averages updated | trained |
-    | False | False | moving statistics (Keras rule) | frozen |
-    | True | True | moving statistics, never updated | trained |
-    | True | False | moving statistics, never updated | frozen |
-
-    So the classic Keras recipe `backbone.trainable = True` (unfreeze the
-    backbone to fine-tune it) does not unfreeze the statistics; only
-    `layer.frozen = False` (or `frozenbn.unfreeze(model)`) does. `frozen` is
-    settable; recompile a compiled model after changing it. docs/api.md
-    says how the gradients of a frozen layer are computed.
+    A drop-in subclass with the same arguments, weights and config keys (plus
+    `frozen`), so checkpoints load in both directions. `frozen=False` is
+    Keras BN, bit for bit. `frozen=True` always normalizes with the moving
+    statistics and never updates them, whatever `training` says, so `fit`
+    computes what `evaluate` does; unlike `trainable=False`, gamma and beta
+    still train. `backbone.trainable = True` does not unfreeze the
+    statistics; `layer.frozen = False` does (recompile after changing it).
 
     Args:
         frozen: Python bool. If `True`, normalize with the moving statistics
             in every mode and never update them. Defaults to `False` (inside
             a `frozenbn.patch(frozen=...)` block: that block's value).
-        **kwargs: every argument of `keras.layers.BatchNormalization`
-            (`axis`, `momentum`, `epsilon`, `center`, `scale`, initializers,
-            regularizers, constraints, `synchronized`, `renorm`,
-            `renorm_clipping`, `renorm_momentum`) and base layer arguments
-            such as `name` and `dtype`.
+        **kwargs: Every argument of `keras.layers.BatchNormalization`, and
+            base layer arguments such as `name` and `dtype`.
 
     Call arguments:
         inputs: Input tensor of any rank.
-        training: Python bool. Ignored when `frozen=True`; otherwise as in
-            Keras BN.
+        training: Ignored when `frozen=True`; otherwise as in Keras BN.
         mask: Optional mask, as in Keras BN.
 
     Example:
@@ -143,14 +105,12 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
     >>> import numpy as np, keras, frozenbn
     >>> bn = frozenbn.BatchNormalization(frozen=True)
     >>> x = np.random.rand(4, 3).astype("float32")
-    >>> train_out = bn(x, training=True)
-    >>> infer_out = bn(x, training=False)
-    >>> bool(np.array_equal(keras.ops.convert_to_numpy(train_out),
-    ...                      keras.ops.convert_to_numpy(infer_out)))
+    >>> fit, evaluate = (keras.ops.convert_to_numpy(bn(x, training=t))
+    ...                  for t in (True, False))
+    >>> bool(np.array_equal(fit, evaluate))
     True
 
     Reference:
-        - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167).
         - [Wu and Johnson, 2021](https://arxiv.org/abs/2105.07576),
           "Rethinking 'Batch' in BatchNorm".
     """
@@ -175,8 +135,7 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
         )
         if layout is not None:
             return self._frozen_call_fused_gradient(inputs, layout)
-        # The inference branch of Keras BN: moving statistics, no update,
-        # and gamma/beta still differentiable through the same op.
+        # Keras BN's inference branch; gamma/beta stay differentiable.
         return super().call(inputs, training=False, mask=mask)
 
     def get_config(self):
@@ -186,30 +145,20 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
 
     @classmethod
     def from_config(cls, config):
-        # Checked here too: Keras wraps errors raised in `__init__` into a
-        # generic deserialization `TypeError`.
+        # Here too: Keras wraps `__init__` errors in a generic TypeError.
         config = dict(config)
         _check_config_version(cls.__name__, config.pop("config_version", 1))
         return super().from_config(config)
 
-    # Whether frozen calls may take their gradient from TensorFlow's fused
-    # kernel. A private switch for tests and benchmarks: `False` leaves the
-    # gradient to autodiff of Keras's op (the outputs are the same).
+    # Private switch for tests and benchmarks: `False` leaves the frozen
+    # gradient to autodiff of Keras's op instead of the fused kernel.
     _use_fused_gradient = True
 
     def _fused_gradient_layout(self, inputs):
-        """`"last"`, `"first"` or None: whether and how to fuse the gradient.
+        """`"last"`, `"first"` or None: how the fused gradient kernel fits.
 
-        The fused gradient kernels (TensorFlow's `FusedBatchNormGradV2` and
-        torch's `native_batch_norm_backward`, in inference mode) take float32
-        data with one channel axis, so channels-last inputs of any rank are
-        viewed as `(-1, C)` and 4D channels-first inputs taken as they are
-        (TensorFlow transposes them).
-        It pays off only when gamma or beta is trained: otherwise autodiff
-        computes the gradient of `inputs` alone, which is less work. On
-        torch it also needs autograd to be recording: `predict` and
-        `evaluate` run under `torch.no_grad()`, where the plain op is the same
-        forward without the `autograd.Function`'s overhead.
+        The kernels take float32 channels-last or 4D channels-first data; they
+        pay off only while gamma or beta trains and gradients are recorded.
         """
         if not self._use_fused_gradient or self.renorm:
             return None
@@ -249,25 +198,17 @@ class Frozen(keras.layers.Wrapper):
     """Runs a layer or a whole sub-model in inference mode, weights trainable.
 
     `Frozen(backbone)` calls `backbone` with `training=False` whatever the
-    outer `training` is: BatchNormalization layers normalize with their
-    moving statistics and do not update them, Dropout is off. The wrapped
-    weights keep their own `trainable` setting, so gamma/beta and kernels are
-    still fine-tuned by `fit()`. This is what the Keras transfer-learning
-    guide's `base_model(x, training=False)` means, as a reusable,
-    serializable layer that also works in `Sequential` models, and one that
-    holds in `fit`: Keras 3 replaces a `training=False` recorded in a
-    Functional graph with `fit`'s `training=True` (measured with Keras
-    3.15), while the wrapper passes `training=False` from inside its own
-    call.
-
-    With `frozen=False` the outer `training` value is passed through
-    unchanged; `None` stays `None` (it is never forced to `True`, so
-    validation inside `fit()` still runs in inference mode).
+    outer `training`: BN uses its moving statistics and Dropout is off, while
+    the wrapped weights keep their own `trainable` flags. It is the Keras
+    transfer-learning guide's `base_model(x, training=False)` as a
+    serializable layer, and one that holds in `fit`, where Keras 3 overrides
+    a `training=False` recorded in a Functional graph.
 
     Args:
         layer: A `keras.layers.Layer` or `keras.Model` to wrap.
-        frozen: Python bool. Whether to force inference mode. Defaults to
-            `True`. Settable; recompile after changing it on a compiled model.
+        frozen: Python bool. Whether to force inference mode; `False` passes
+            the outer `training` through (`None` stays `None`). Defaults to
+            `True`. Settable; recompile a compiled model after changing it.
         **kwargs: Base layer arguments such as `name`.
 
     Example:
@@ -301,10 +242,8 @@ class Frozen(keras.layers.Wrapper):
     def call(self, inputs, training=None):
         if not self.frozen:
             return self.layer(inputs, training=training)
-        # Keras stores an explicit `training=False` in the call context that
-        # is shared by the whole outer call, so layers called after this one
-        # in a subclassed model would inherit it (Dropout silently off).
-        # Restore the outer value once the wrapped layer has run.
+        # The call context is shared with the whole outer call: restore its
+        # `training` so later layers do not inherit False (Dropout off).
         context = self._get_call_context()
         outer_training = context.get_value("training")
         try:
@@ -322,8 +261,7 @@ class Frozen(keras.layers.Wrapper):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        # `Wrapper.from_config` pops "layer" from the dict it is given; work
-        # on a copy so the caller's config stays intact.
+        # A copy: `Wrapper.from_config` pops "layer" from the caller's dict.
         config = dict(config)
         _check_config_version(cls.__name__, config.pop("config_version", 1))
         return super().from_config(config, custom_objects=custom_objects)
