@@ -125,16 +125,15 @@ def _copy_values(model, pairs: dict, seeded: dict) -> None:
         dst_layer = pairs.get(id(src_layer))
         if dst_layer is None:
             continue
-        for src, dst in zip(_own_weights(src_layer), _own_weights(dst_layer)):
+        for src, dst in zip(_walk.own_weights(src_layer),
+                            _walk.own_weights(dst_layer)):
             if id(src) in done:
                 continue  # a variable shared by several layers
             done.add(id(src))
             if seeded.get(id(dst)) is not src:
                 dst.assign(_fresh_copy(src))
             dst.trainable = src.trainable
-        # Set the private flag so that a container's setter does not
-        # overwrite what its sublayers say.
-        dst_layer._trainable = src_layer._trainable
+        _walk.copy_trainable_flag(src_layer, dst_layer)
         if type(src_layer) is BatchNormalization and type(dst_layer) is not (
             BatchNormalization
         ):
@@ -190,7 +189,7 @@ for `_clone` to remove. Bare operations are copied through their config.
     if not isinstance(layer, keras.layers.Layer):
         return clone
     own = {}
-    for variable in _own_weights(layer):
+    for variable in _walk.own_weights(layer):
         own.setdefault(variable.name, []).append(variable)
     add_weight = clone.add_weight
 
@@ -219,11 +218,6 @@ def _fresh_copy(variable):
     return keras.ops.copy(variable.value)
 
 
-def _own_weights(layer) -> list:
-    """The variables `layer` itself created (not its sublayers'), in order."""
-    return _walk.own_weights(layer)
-
-
 def _structure_mismatch(model, pairs: Optional[dict]) -> str:
     """Why the matched copy is not faithful, or "" if it is."""
     if pairs is None:
@@ -231,7 +225,7 @@ def _structure_mismatch(model, pairs: Optional[dict]) -> str:
     for layer in _walk.iter_layers(model):
         other = pairs.get(id(layer))
         if other is None:
-            if _own_weights(layer) or _walk.is_batch_norm(layer):
+            if _walk.own_weights(layer) or _walk.is_batch_norm(layer):
                 problem = "has no counterpart in the copy"
                 break
             continue
@@ -239,8 +233,8 @@ def _structure_mismatch(model, pairs: Optional[dict]) -> str:
             problem = (f"is a {type(layer).__name__} but its copy is a "
                        f"{type(other).__name__}")
             break
-        expected = [(w.name, tuple(w.shape)) for w in _own_weights(layer)]
-        got = [(w.name, tuple(w.shape)) for w in _own_weights(other)]
+        expected = [(w.name, tuple(w.shape)) for w in _walk.own_weights(layer)]
+        got = [(w.name, tuple(w.shape)) for w in _walk.own_weights(other)]
         if expected and expected != got:
             problem = f"has weights {expected}, its copy {got}"
             break

@@ -49,7 +49,7 @@ def copy_graph(model: keras.Model, clone: Callable) -> keras.Model:
             model, clone_function=clone, call_function=_call_replacement
         )
     # The container's own flag (its layers' flags come with their configs).
-    copy._trainable = model._trainable
+    _walk.copy_trainable_flag(model, copy)
     return copy
 
 
@@ -72,8 +72,8 @@ def _copy_sequential(model, clone) -> keras.Sequential:
             layers += new.layers
         elif not isinstance(new, Removed):
             layers.append(new)
-    first = model._layers[0] if model._layers else None
-    if isinstance(first, keras.layers.InputLayer):
+    first = _walk.sequential_input_layer(model)
+    if first is not None:
         inputs = keras.Input(
             batch_shape=first.batch_shape,
             dtype=first.output.dtype,
@@ -169,12 +169,7 @@ def owners_in_graph(model) -> dict:
     custom node layer is reached only through that layer's own `call`.
     """
     owners = {}
-    operations = (
-        model.layers
-        if isinstance(model, keras.Sequential)
-        else getattr(model, "_operations", [])
-    )
-    for op in operations:
+    for op in _walk.graph_operations(model):
         if _walk.is_graph_model(op):
             owners.update(owners_in_graph(op))
         elif isinstance(op, keras.layers.Layer):

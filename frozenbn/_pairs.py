@@ -267,15 +267,8 @@ class Rewriter:
         return pairs
 
     def _plan_functional(self, model, path) -> Dict[int, keras.layers.Layer]:
-        # Deepest first is input-to-output order: the report reads in
-        # the order of the model.
-        by_depth = model._nodes_by_depth
-        nodes = [
-            node
-            for depth in sorted(by_depth, reverse=True)
-            for node in by_depth[depth]
-            if not node.is_input
-        ]
+        # Input-to-output order: the report reads in the order of the model.
+        nodes = _walk.graph_nodes(model)
         calls = Counter(id(node.operation) for node in nodes)
         consumers = Counter()
         for node in nodes:
@@ -289,12 +282,11 @@ class Rewriter:
                 continue
             self.handled.add(id(bn))
             x = node.arguments.args[0] if node.arguments.args else None
-            history = getattr(x, "_keras_history", None)
-            if history is None:
+            producer = _walk.producer(x)
+            if producer is None:
                 self.left.append((f"{path}/{bn.name}",
                                   "its input is not a tensor of the model graph"))
                 continue
-            producer = history.operation
             if isinstance(producer, keras.layers.InputLayer):
                 self.left.append((f"{path}/{bn.name}", f"its input is an "
                                   f"input of model '{model.name}'"))

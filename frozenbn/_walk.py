@@ -112,6 +112,40 @@ def own_weights(layer: keras.layers.Layer) -> list:
     return weights
 
 
+def graph_nodes(model) -> list:
+    """The operation nodes of a Functional model, inputs to outputs (deepest
+    first), input nodes left out."""
+    by_depth = model._nodes_by_depth
+    return [node for depth in sorted(by_depth, reverse=True)
+            for node in by_depth[depth] if not node.is_input]
+
+
+def producer(tensor):
+    """The operation that made a symbolic tensor of a graph, or None."""
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history.operation
+
+
+def graph_operations(model) -> list:
+    """The operations (layers and bare ops) a Sequential or Functional model
+    calls, nested models as one operation each."""
+    if isinstance(model, keras.Sequential):
+        return model.layers
+    return getattr(model, "_operations", [])
+
+
+def copy_trainable_flag(source, target) -> None:
+    """`target`'s own `trainable` flag set to `source`'s, without the public
+    setter, which would also overwrite the flags of its sublayers."""
+    target._trainable = source._trainable
+
+
+def sequential_input_layer(model):
+    """The `InputLayer` a Sequential model was built with, or None."""
+    first = model._layers[0] if model._layers else None
+    return first if isinstance(first, keras.layers.InputLayer) else None
+
+
 def paths(root: keras.layers.Layer) -> Dict[int, str]:
     """`id(layer) -> "root/child/grandchild"` for every layer in `root`.
 
