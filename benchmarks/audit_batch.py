@@ -12,7 +12,7 @@ says from what it measures before any fine-tuning.
 
 Writes `audit_batch_<config>_<backend>_<cpu|gpu>.{json,md}` to `--out`
 (default `benchmarks/results/`); `--render JSON --docs` rewrites the
-markdown and docs/benchmarks.md's table from a results file. No number is
+markdown and docs/results.md's table from a results file. No number is
 asserted.
 
 Usage:
@@ -36,7 +36,7 @@ from frozenbn.audit import audit  # noqa: E402
 from frozenbn.demo import images  # noqa: E402
 from frozenbn.demo import scenario  # noqa: E402
 
-DOCS_PAGE = os.path.join("docs", "benchmarks.md")
+DOCS_PAGE = os.path.join("docs", "results.md")
 DOCS_MARKER = "audit-batch"
 
 CONFIGS = {
@@ -93,7 +93,7 @@ def markdown(result: dict) -> str:
 
 
 def docs_block(result: dict, name: str) -> str:
-    """The table as docs/benchmarks.md shows it."""
+    """The table as docs/results.md shows it."""
     env = result["environment"]
     return "\n".join([
         f"From [`{name}`](../benchmarks/results/{name}) "

@@ -70,26 +70,26 @@ REMEDIES = tuple(a for a in arms_lib.DEMO_ARMS if a != "stock")
 
 DOCS = {
     "gap_small_tensorflow_cpu.json": {
-        "docs/benchmarks.md": "gap-summary",
+        "docs/results.md": "gap-summary",
         "docs/index.md": "gap-summary",
     },
     "gap_small_seeds5-7_tensorflow_cpu.json": {
-        "docs/benchmarks.md": "gap-seeds5-7",
+        "docs/results.md": "gap-seeds5-7",
     },
     "gap_small_seeds8-10_tensorflow_cpu.json": {
-        "docs/benchmarks.md": "gap-seeds8-10",
+        "docs/results.md": "gap-seeds8-10",
     },
     "gap_small_batch4_tensorflow_cpu.json": {
-        "docs/benchmarks.md": "gap-batch4",
+        "docs/results.md": "gap-batch4",
     },
     "gap_small_batch8_tensorflow_cpu.json": {
-        "docs/benchmarks.md": "gap-batch8",
+        "docs/results.md": "gap-batch8",
     },
     "gap_small_batch16_tensorflow_cpu.json": {
-        "docs/benchmarks.md": "gap-batch16",
+        "docs/results.md": "gap-batch16",
     },
     "gap_small_batch16_seeds2-3_tensorflow_cpu.json": {
-        "docs/benchmarks.md": "gap-batch16-seeds2-3",
+        "docs/results.md": "gap-batch16-seeds2-3",
     },
 }
 """Per committed results file, the pages with a block
@@ -102,7 +102,7 @@ in `DOCS`: the README's table of the arms it names, by batch size."""
 
 README_ARMS = ("stock", "stock_recalibrated", "frozenbn", "keras_bn_frozen")
 
-AUDIT_PICKS = ("docs/benchmarks.md", "audit-picks")
+AUDIT_PICKS = ("docs/results.md", "audit-picks")
 """The page and marker of the block that `--docs` rewrites from every file
 in `DOCS`: how the remedy `audit` recommends did on each seed."""
 

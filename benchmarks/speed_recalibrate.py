@@ -55,7 +55,7 @@ import frozenbn  # noqa: E402
 from frozenbn import _report  # noqa: E402
 from frozenbn.demo import machine  # noqa: E402
 
-DOCS = ("docs/benchmarks.md", "recalibrate-table")
+DOCS = ("docs/results.md", "recalibrate-table")
 """The page and marker of the block that `--docs` rewrites from every
 `recalibrate_*_cpu.json` file of the results folder."""
 
@@ -401,7 +401,7 @@ def main(argv=None) -> int:
                         help="only rewrite a run's .json targets, .md and "
                         ".png from its .json (no timing)")
     parser.add_argument("--docs", action="store_true",
-                        help="only rewrite the table of docs/benchmarks.md "
+                        help="only rewrite the table of docs/results.md "
                         "from the committed results files")
     args = parser.parse_args(argv)
     if args.profile:

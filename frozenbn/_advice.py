@@ -1,30 +1,10 @@
 """Which remedy a BatchNormalization audit points to: one small pure rule.
 
-`recommend` reads what `frozenbn.audit` measured — per BN layer, how far
-the statistics of its inputs on the data, with the layers upstream
-normalizing as in `fit` at the audited batch size, are from its moving
-statistics (`score`) and whether `fit` normalizes it with batch statistics;
-and the evaluate/fit loss ratio when labels were given — and names one
-remedy with a one-line reason:
-
-- `"none"`: the moving statistics fit the data and `fit` already uses them;
-- `"recalibrate"`: `fit` normalizes with batch statistics that stay close to
-  the moving ones: train as usual, then recalibrate on the training data
-  (`frozenbn.recalibrate`, "precise BN") before you evaluate or save; also
-  when the model already has the gap (evaluate/fit ratio above
-  `GAP_RATIO`);
-- `"freeze"`: `fit`'s batch statistics are far from the moving ones (small
-  batches make them so), or the batches are smaller than `SMALL_BATCH`, too
-  small to train on their statistics: training with them optimizes a model
-  that `evaluate` does not run; freeze them (`frozenbn.convert`) to
-  fine-tune;
-- `"recalibrate then freeze"`: `fit` already uses the moving statistics,
-  and they do not fit the data (or the gap is there): recalibrate them on
-  it; they stay frozen.
-
-The rule and its thresholds come from the gap benchmark at batch sizes 4
-to 32; docs/benchmarks.md ("Small batches: when to freeze") gives the scores
-and outcomes they were read from.
+`recommend` maps what `frozenbn.audit` measured (per-layer drift scores,
+whether `fit` uses batch statistics, the evaluate/fit loss ratio, the batch
+size) to `"none"`, `"recalibrate"`, `"freeze"` or `"recalibrate then
+freeze"`; docs/api.md states the rule, docs/findings.md where its
+thresholds come from.
 """
 
 import dataclasses
@@ -34,22 +14,14 @@ from typing import Optional
 from typing import Sequence
 
 DRIFT_SCORE = 1.5
-"""Worst layer score above which `fit`'s statistics are far from the moving
-ones.
-
-A layer's score is its mean shift (in moving-std units) plus its mean
-|log variance ratio|, measured with the layers upstream normalizing as in
-`fit` (see `frozenbn.audit`)."""
+"""Worst `LayerAudit.score` above which `fit`'s statistics are far off."""
 
 GAP_RATIO = 5.0
 """Evaluate/fit loss ratio above which the model has the gap."""
 
 SMALL_BATCH = 32
-"""Batch size below which `fit`'s batch statistics are too noisy to train
-on, whatever the drift score: in the gap benchmark, below it freezing won
-where the drift score did not say so. Batch normalization's known weakness
-at small batches (Wu and He, Group Normalization, 2018) is why detectron2
-and mmdet freeze it there."""
+"""Batch size below which batch statistics are too noisy to train on,
+whatever the drift score (BN's small-batch weakness: Wu and He, 2018)."""
 
 NONE = "none"
 FREEZE = "freeze"
@@ -59,14 +31,19 @@ RECALIBRATE = "recalibrate"
 
 @dataclasses.dataclass(frozen=True)
 class Recommendation:
-    """A remedy and the one-line reason for it.
+    """A remedy and the one-line reason for it, as `audit` reports it.
 
     Attributes:
         remedy: `"none"`, `"freeze"`, `"recalibrate then freeze"` or
             `"recalibrate"`.
         reason: What was measured that leads to it, and what to call.
-        DRIFT_SCORE, GAP_RATIO, SMALL_BATCH: the rule's thresholds (class
-            attributes; see the module's constants).
+        DRIFT_SCORE, GAP_RATIO, SMALL_BATCH: The rule's thresholds.
+
+    Example:
+
+    >>> from frozenbn import Recommendation
+    >>> Recommendation.from_scores([2.4], [True], batch_size=32).remedy
+    'freeze'
     """
 
     remedy: str
@@ -83,13 +60,9 @@ class Recommendation:
                     batch_size=None) -> "Recommendation":
         """The rule `frozenbn.audit` applies, on measurements you have.
 
-        For a recorded audit, say: per BN layer its drift score and whether
-        `fit` normalizes it with batch statistics; the evaluate/fit loss
-        ratio if known; the batch size `fit` runs at.
-
-        >>> from frozenbn import Recommendation
-        >>> Recommendation.from_scores([2.4], [True], batch_size=32).remedy
-        'freeze'
+        Takes per BN layer its drift score and whether `fit` uses batch
+        statistics, the evaluate/fit loss ratio if known, and `fit`'s batch
+        size.
         """
         return recommend(scores, batch_statistics_in_fit, ratio,
                          batch_size=batch_size)
@@ -105,19 +78,10 @@ def recommend(
     gap_ratio: float = GAP_RATIO,
     small_batch: int = SMALL_BATCH,
 ) -> Recommendation:
-    """Names the remedy that an audit's measurements point to.
+    """Names the remedy an audit's measurements point to.
 
-    Args:
-        scores: Per BN layer, the audit's drift score; non-finite is drift.
-        batch_statistics_in_fit: Per BN layer, whether `fit` normalizes it
-            with batch statistics.
-        ratio: The evaluate/fit loss ratio, or `None` without labels.
-        batch_size: The batch size `fit` runs at, or `None` if unknown.
-        drift_score: Worst score above which statistics do not fit.
-        gap_ratio: Ratio above which the model has the gap.
-        small_batch: Batch size below which batch statistics are too noisy.
-
-    Example:
+    As `Recommendation.from_scores` (a non-finite score counts as drift),
+    with the module's thresholds overridable.
 
     >>> [recommend([0.2], [True]).remedy, recommend([2.4], [True]).remedy,
     ...  recommend([2.4], [False]).remedy,
@@ -177,8 +141,7 @@ def recommend(
 
 def _moving_statistics_only(measured, worst, has_gap, drift_score,
                             gap_ratio) -> Recommendation:
-    """`recommend` where `fit` normalizes every layer with its moving
-    statistics: they are what does not fit the data, if anything."""
+    """`recommend` when `fit` uses the moving statistics everywhere."""
     if worst > drift_score or has_gap:
         why = (
             f"drift above {drift_score:g}"

@@ -1,4 +1,8 @@
-"""`audit`: explain a fit-vs-evaluate gap caused by BatchNormalization."""
+"""`audit`: explain a fit-vs-evaluate gap caused by BatchNormalization.
+
+Holds `audit` and its result types, `AuditReport` and `LayerAudit`; the
+remedy rule itself lives in `_advice`.
+"""
 
 import dataclasses
 import logging
@@ -21,7 +25,7 @@ from frozenbn import _stats
 logger = logging.getLogger(__name__)
 
 _REMEDIES = (
-    "Remedies (measured in docs/benchmarks.md): (1) fit's batch statistics "
+    "Remedies (see docs/findings.md): (1) fit's batch statistics "
     f"close to the moving ones (drift score at most {_advice.DRIFT_SCORE:g} "
     "at the batch size you train with): train as usual, then "
     "`frozenbn.recalibrate(model, "
@@ -40,23 +44,31 @@ _REMEDIES = (
 class LayerAudit:
     """How far one BN layer's input statistics are from its moving ones.
 
-    The data statistics are pooled over the whole `data` (as `recalibrate`
-    would install them), with upstream BN layers normalizing as in `fit`.
+    The data statistics are pooled over all of `x`, with upstream layers
+    normalizing as in `fit`.
 
     Attributes:
         name: The layer's name.
         channels: Number of channels.
-        batch_statistics_in_fit: Whether `fit` normalizes this layer with
-            batch statistics (False for frozen, `trainable=False` or
-            `frozenbn.Frozen`-wrapped layers, which use the moving ones).
-        mean_shift: Mean over channels of `|mu_data - mu_moving| /
-            sqrt(var_moving + eps)`: the mean drift in moving-std units.
+        batch_statistics_in_fit: Whether `fit` normalizes it with batch
+            statistics (not if frozen, `trainable=False` or in `Frozen`).
+        mean_shift: Channel mean of `|mu_data - mu_moving| /
+            sqrt(var_moving + eps)`, the drift in moving-std units.
         max_mean_shift: The largest per-channel value of the same.
-        variance_ratio: Geometric mean over channels of `(var_data + eps) /
-            (var_moving + eps)`; 1 means consistent.
-        log_variance_ratio: Mean over channels of `|log((var_data + eps) /
+        variance_ratio: Geometric channel mean of `(var_data + eps) /
+            (var_moving + eps)`; 1 is consistent.
+        log_variance_ratio: Channel mean of `|log((var_data + eps) /
             (var_moving + eps))|`.
         score: `mean_shift + log_variance_ratio`, the ranking key.
+
+    Example:
+
+    >>> import numpy as np, keras, frozenbn
+    >>> model = keras.Sequential([keras.Input((2,)),
+    ...                           keras.layers.BatchNormalization(name="bn")])
+    >>> layer = frozenbn.audit(model, np.ones((4, 2)), verbose=0).layers[0]
+    >>> layer.name, layer.channels, layer.batch_statistics_in_fit
+    ('bn', 2, True)
     """
 
     name: str
@@ -71,28 +83,32 @@ class LayerAudit:
 
 @dataclasses.dataclass
 class AuditReport:
-    """The result of `audit`.
+    """The result of `audit`: print it, `.plot(path)` or `.to_dict()`.
 
     Attributes:
         model_name: Name of the audited model.
-        layers: One `LayerAudit` per BN layer that saw the data, worst
-            (highest `score`) first.
-        train_loss: Mean loss with BN as in `fit` (batch statistics where
-            `fit` uses them) and everything else in inference mode (no
-            Dropout), or `None` without labels or a loss.
+        layers: One `LayerAudit` per BN layer that saw the data, worst first.
+        train_loss: Mean loss with BN as in `fit` (Dropout off), or `None`
+            without labels or a loss.
         inference_loss: Mean loss in inference mode (`evaluate`), or `None`.
-        ratio: `inference_loss / train_loss` (the evaluate/fit ratio; ~1 is
-            consistent), or `None`.
-        max_output_diff: Largest absolute difference between the outputs
-            in the two modes.
-        mean_output_diff: Mean absolute difference between them.
+        ratio: `inference_loss / train_loss` (~1 is consistent), or `None`.
+        max_output_diff: Largest absolute output difference between modes.
+        mean_output_diff: Mean absolute output difference between modes.
         samples: Number of samples audited.
         steps: Number of batches audited.
-        batch_size: The largest batch audited: the batch size of `fit` the
-            audit stands for (`None` when not known).
-        recommendation: The remedy these measurements point to, with a
-            one-line reason (`frozenbn._advice.recommend`); computed from
-            `layers` and `ratio` when not given.
+        batch_size: The largest batch audited, the `fit` batch size the
+            audit stands for (`None` if unknown).
+        recommendation: A `frozenbn.Recommendation`, computed from the
+            fields above when not given.
+
+    Example:
+
+    >>> import numpy as np, keras, frozenbn
+    >>> model = keras.Sequential([keras.Input((2,)),
+    ...                           keras.layers.BatchNormalization()])
+    >>> report = frozenbn.audit(model, np.ones((4, 2)), verbose=0)
+    >>> report.samples, report.batch_size, report.recommendation.remedy
+    (4, 4, 'freeze')
     """
 
     model_name: str
@@ -170,12 +186,8 @@ class AuditReport:
     def plot(self, path: str, top: int = 30) -> str:
         """Saves a bar chart of the worst `top` layers as a PNG at `path`.
 
-        Uses matplotlib's Agg canvas directly, so it neither needs a display
-        nor changes the global pyplot backend. Requires matplotlib
-        (`pip install frozenbn[demo]`).
-
-        Returns:
-            `path`.
+        Needs matplotlib but no display, and leaves pyplot's backend alone.
+        Returns `path`.
         """
         try:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -222,13 +234,10 @@ def audit(
 ) -> AuditReport:
     """Explains a gap between `fit` and `evaluate` caused by BatchNormalization.
 
-    One compiled pass over `x` measures, for every BN layer, how far the
-    statistics `fit` normalizes with (batch statistics at `batch_size`,
-    upstream layers as in `fit`) are from its moving statistics, ranked
-    worst first, and the model's outputs and loss as `fit` normalizes and
-    in inference mode (Dropout off in both, so the difference is BN's).
-    The model is not changed. docs/usage.md explains the report and the
-    rule behind `AuditReport.recommendation`.
+    One pass over `x` measures, per BN layer, how far the statistics `fit`
+    normalizes with are from its moving statistics (worst first), and the
+    outputs and loss as `fit` normalizes vs in inference mode (Dropout off
+    in both, so the difference is BN's). The model is not changed.
 
     Args:
         model: A Keras model or layer.

@@ -52,7 +52,7 @@ def test_audit_batch_tiny_writes_json_and_markdown(tmp_path):
 
 
 def test_docs_show_the_committed_audit_batch_results():
-    """docs/benchmarks.md's table is the one rendered from the committed
+    """docs/results.md's table is the one rendered from the committed
     results file (`audit_batch.py --render JSON --docs` rewrites it)."""
     bench = _load()
     block = bench.docs_block(testing.committed_result(COMMITTED), COMMITTED)

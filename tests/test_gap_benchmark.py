@@ -129,7 +129,7 @@ def _assert_shows(gap, page_and_marker, block):
 
 
 def test_docs_show_the_audit_picks_of_the_committed_runs():
-    """docs/benchmarks.md's table of audit's picks is the one generated from
+    """docs/results.md's table of audit's picks is the one generated from
     every committed results file that a docs page shows."""
     gap = _load_gap()
     block = gap.audit_picks_block(testing.RESULTS)

@@ -146,7 +146,7 @@ def test_gap_seeds_side_by_side(monkeypatch, tmp_path):
 
 
 def test_docs_show_the_committed_gpu_runs():
-    """docs/benchmarks.md's GPU block is what summary.py makes of the
+    """docs/results.md's GPU block is what summary.py makes of the
     committed folders (rerun `python benchmarks/gpu/summary.py --docs`)."""
     summary = _gpu_script("summary.py")
     block = summary.docs_block()

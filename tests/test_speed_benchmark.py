@@ -181,7 +181,7 @@ def test_recalibrate_benchmark_tiny_writes_report(tmp_path):
 
 
 def test_docs_show_the_committed_recalibrate_runs():
-    """docs/benchmarks.md's table of the statistics pass against its floor
+    """docs/results.md's table of the statistics pass against its floor
     is the one generated from the committed results files."""
     speed_recalibrate = testing.load_script("benchmarks/speed_recalibrate.py")
     block = speed_recalibrate.docs_block()

@@ -7,7 +7,7 @@ partial files included), prints a few markdown tables and writes them to
 output, so this is printed last. Any `KERAS_BACKEND` will do (it reads
 files only).
 
-`--docs` rewrites the block of docs/benchmarks.md that shows the
+`--docs` rewrites the block of docs/results.md that shows the
 committed GPU runs (`COMMITTED`) from their files.
 
 Usage:
@@ -35,7 +35,7 @@ COMMITTED = (
 """The committed GPU runs (one folder per device call), in the order the
 docs show them."""
 
-DOCS = ("docs/benchmarks.md", "gpu-results")
+DOCS = ("docs/results.md", "gpu-results")
 """The page and marker of the block `--docs` rewrites."""
 
 

@@ -66,7 +66,7 @@ class ScenarioConfig:
         frozen_learning_rate: Adam learning rate of arms that train the
             backbone with fixed statistics. Defaults to 1e-5, the rate of
             Keras's transfer-learning guide: at 1e-4 the head's ReLU units
-            die in the first epochs on some seeds (docs/benchmarks.md).
+            die in the first epochs on some seeds (docs/findings.md).
         frozen_warmup_epochs: Epochs over which the Adam rate of the arms
             with fixed statistics rises linearly from 0 to
             `frozen_learning_rate` (a warm-up); 0 (the default): none.
