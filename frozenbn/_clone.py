@@ -22,10 +22,10 @@ from frozenbn.layers import keras_classes
 def copy_model(model: keras.Model) -> Tuple[keras.Model, Dict[int, Any]]:
     """A copy of `model` with the same classes, structure and weight values.
 
-`keras.models.clone_model` where it keeps every class, else the model's own
-config (clone_model rebuilds keras-hub backbones as plain Functional);
-weights are copied through the path matching of `_walk.match`.
-"""
+    `keras.models.clone_model` where it keeps every class, else the model's own
+    config (clone_model rebuilds keras-hub backbones as plain Functional);
+    weights are copied through the path matching of `_walk.match`.
+    """
     with keras_classes():  # also inside a user's `frozenbn.patch` block
         copy, seeded = _clone(model)
     pairs = None if copy is None else _walk.match(model, copy)
@@ -64,11 +64,11 @@ class UncopyableLayer(RuntimeError):
 def copy_layer(layer, config: Optional[dict] = None):
     """A new, unbuilt layer (or operation) from `layer`'s (or the given) config.
 
-As `keras.models.clone_model` does, except that a config holding the
-layer's own variables goes through `keras.saving` serialization, so the
-copy never shares a variable. Raises `UncopyableLayer` if the config does
-not rebuild the layer.
-"""
+    As `keras.models.clone_model` does, except that a config holding the
+    layer's own variables goes through `keras.saving` serialization, so the
+    copy never shares a variable. Raises `UncopyableLayer` if the config does
+    not rebuild the layer.
+    """
     config = layer.get_config() if config is None else config
     try:
         with keras_classes():  # also inside a user's `frozenbn.patch` block
@@ -179,12 +179,12 @@ def _copy_from_config(model: keras.Model) -> keras.Model:
 def _clone_layer(layer, seeded: dict, clones: list):
     """A layer from `layer`'s config whose weights start as `layer`'s.
 
-While the clone builds, each weight created under a name and shape that
-`layer` has is initialized from `layer`'s value (recorded in `seeded`)
-instead of running its initializer, most of the time on large models;
-`_copy` assigns the rest. The patched `add_weight` is listed in `clones`
-for `_clone` to remove. Bare operations are copied through their config.
-"""
+    While the clone builds, each weight created under a name and shape that
+    `layer` has is initialized from `layer`'s value (recorded in `seeded`)
+    instead of running its initializer, most of the time on large models;
+    `_copy` assigns the rest. The patched `add_weight` is listed in `clones`
+    for `_clone` to remove. Bare operations are copied through their config.
+    """
     clone = copy_layer(layer)
     if not isinstance(layer, keras.layers.Layer):
         return clone

@@ -1,4 +1,4 @@
-"""Runs one step of a statistics pass compiled, the fastest honest way per backend.
+"""Runs one step of a statistics pass compiled, the fastest honest way.
 
 `frozenbn._stats` writes a step as `body(run_model, state, x, batch_index)`
 in `keras.ops`; `Step` runs it as a `tf.function` (XLA only where the model

@@ -1,4 +1,4 @@
-"""What one statistics pass measures, for `recalibrate`, `audit` and `PreciseBN`.
+"""What one statistics pass measures (recalibrate, audit, PreciseBN).
 
 Each measured BN layer's `call` is replaced (on the instance, for the pass)
 by one that takes the moments of its input about a shift (its first input

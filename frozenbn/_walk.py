@@ -57,10 +57,10 @@ def batch_norm_layers(
 def custom_batch_norm_reason(layer: keras.layers.Layer) -> Optional[str]:
     """Why every tool leaves `layer` alone if it is a custom BN subclass, else None.
 
-frozenbn knows the `call` of Keras's and its own BN classes only; a
-subclass may compute something else. `convert` refuses it (`include` can
-skip it); the other tools leave it and say so with this reason.
-"""
+    frozenbn knows the `call` of Keras's and its own BN classes only; a
+    subclass may compute something else. `convert` refuses it (`include` can
+    skip it); the other tools leave it and say so with this reason.
+    """
     if not is_batch_norm(layer) or type(layer) in (
         KERAS_BATCH_NORMALIZATION,
         _FrozenBatchNormalization,
@@ -173,11 +173,11 @@ def match(
 ) -> Dict[int, keras.layers.Layer]:
     """`{id(source_layer): copy_layer}`: the counterpart of each layer in `copy`.
 
-Matched level by level by path: children with the same name and class
-first (a model rebuilt from config may reorder sublayers), the rest by
-class in order (unnamed sublayers get new automatic names in a copy).
-Shared layers are matched once; layers with no counterpart are absent.
-"""
+    Matched level by level by path: children with the same name and class
+    first (a model rebuilt from config may reorder sublayers), the rest by
+    class in order (unnamed sublayers get new automatic names in a copy).
+    Shared layers are matched once; layers with no counterpart are absent.
+    """
     pairs = {id(source): copy}
     queue = deque([(source, copy)])
     while queue:

@@ -175,8 +175,8 @@ def _check_copyable(model: keras.layers.Layer) -> None:
 
 def _warn_if_config_forgets(model: keras.layers.Layer) -> None:
     """Warns when `model.save` would not record its frozenbn layers: configs
-that hold only constructor arguments (keras-hub models, many subclassed
-ones) rebuild Keras's BN on load, with batch statistics again in `fit`."""
+    that hold only constructor arguments (keras-hub models, many subclassed
+    ones) rebuild Keras's BN on load, with batch statistics again in `fit`."""
     ours = [
         layer
         for layer in _walk.iter_layers(model)
