@@ -14,10 +14,13 @@ import zipfile
 from typing import Optional
 from typing import Sequence
 
+from frozenbn import _images
+from frozenbn.demo import ARMS
+from frozenbn.demo import DEMO_ARMS
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
-_PREPROCESS = ("none", "unit", "caffe", "tf", "torch")
 
 
 class CliError(Exception):
@@ -122,9 +125,8 @@ def _add_demo(commands) -> None:
                       help="batch size (default 32)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--arms", default=None,
-                      help="comma-separated arms (default: stock,"
-                      "stock_recalibrated,frozenbn,keras_bn_frozen); all: "
-                      + _arm_names())
+                      help=f"comma-separated arms (default: "
+                      f"{','.join(DEMO_ARMS)}); all: {', '.join(ARMS)}")
     demo.add_argument("--out", default="frozenbn-demo", metavar="DIR",
                       help="output folder (default ./frozenbn-demo)")
     demo.add_argument("--quick", action="store_true",
@@ -160,7 +162,7 @@ def _add_data_arguments(parser) -> None:
     parser.add_argument("--image-size", type=_positive_int, default=None,
                         help="resize images to this side (default: the "
                         "model's input size)")
-    parser.add_argument("--preprocess", choices=_PREPROCESS, default="none",
+    parser.add_argument("--preprocess", choices=_images.PREPROCESSING, default="none",
                         help="pixel preprocessing the model expects: none "
                         "(0..255), unit (0..1), or keras.applications "
                         "mode caffe (ResNet50), tf (-1..1), torch "
@@ -310,8 +312,6 @@ def _check_output(output: str, input_path: str) -> None:
 
 def _load_folder(args, model) -> tuple:
     """The images of `args.data`, sized and preprocessed for `model`."""
-    from frozenbn import _images
-
     size = args.image_size or _input_size(model)
     x, y, _ = _images.load_image_folder(args.data, size)
     return _images.preprocess(x, args.preprocess), y.astype("float32")
@@ -331,12 +331,6 @@ def _input_size(model) -> int:
             "--image-size to choose the image size"
         )
     return int(shape[1])
-
-
-def _arm_names() -> str:
-    return ("stock, keras_backbone_frozen, keras_bn_frozen, frozenbn, "
-            "frozenbn_recalibrated, stock_recalibrated, keras_guide, "
-            "frozenbn_guide")
 
 
 def _positive_int(text: str) -> int:

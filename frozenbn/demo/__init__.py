@@ -14,6 +14,8 @@
 - `frozenbn.demo.command`: `run_demo`, what `frozenbn demo` runs.
 """
 
+from frozenbn.demo.arms import ARMS
+from frozenbn.demo.arms import DEMO_ARMS
 from frozenbn.demo.command import run_demo
 from frozenbn.demo.images import load_demo_data
 from frozenbn.demo.images import load_image_folder
@@ -21,6 +23,8 @@ from frozenbn.demo.scenario import ScenarioConfig
 from frozenbn.demo.scenario import run_scenario
 
 __all__ = [
+    "ARMS",
+    "DEMO_ARMS",
     "ScenarioConfig",
     "load_demo_data",
     "load_image_folder",

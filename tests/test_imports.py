@@ -1,0 +1,77 @@
+"""The package's imports run the way the house is built: the library never
+imports the demo or the command line, nor the package root; the demo uses
+the library's public names and its I/O helpers (`_report`, `_images`); the
+command line reaches the demo through `frozenbn.demo`'s public names."""
+
+import ast
+import glob
+import os
+
+import frozenbn
+import frozenbn.demo
+from tests import testing
+
+PACKAGE = os.path.join(testing.REPO, "frozenbn")
+DEMO_MAY_USE = {"frozenbn._report", "frozenbn._images"}
+
+
+def _imports(path):
+    """`(module, name)` for every import in `path`; name None for `import m`."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found += [(node.module, alias.name) for alias in node.names]
+    return [(m, n) for m, n in found if m.split(".")[0] == "frozenbn"]
+
+
+def _target(module, name):
+    """The module an import reaches: `from frozenbn import _walk` reaches
+    `frozenbn._walk`, `from frozenbn import convert` the package root."""
+    if name is not None and os.path.exists(
+            os.path.join(testing.REPO, *module.split("."), f"{name}.py")):
+        return f"{module}.{name}"
+    return module
+
+
+def _library_modules():
+    return [p for p in glob.glob(os.path.join(PACKAGE, "*.py"))
+            if os.path.basename(p) not in ("__init__.py", "cli.py")]
+
+
+def test_the_library_imports_neither_the_demo_nor_the_root():
+    wrong = {}
+    for path in _library_modules():
+        for module, name in _imports(path):
+            target = _target(module, name)
+            if (target == "frozenbn" or target.startswith("frozenbn.demo")
+                    or target == "frozenbn.cli"):
+                wrong.setdefault(os.path.basename(path), []).append(target)
+    assert not wrong, wrong
+
+
+def test_the_demo_uses_public_names_and_the_io_helpers():
+    wrong = {}
+    for path in glob.glob(os.path.join(PACKAGE, "demo", "*.py")):
+        for module, name in _imports(path):
+            target = _target(module, name)
+            private = any(part.startswith("_") for part in target.split("."))
+            if target == "frozenbn" and name is not None:
+                private = name.startswith("_") or not hasattr(frozenbn, name)
+            if private and target not in DEMO_MAY_USE:
+                wrong.setdefault(os.path.basename(path), []).append(
+                    f"{module}:{name}")
+    assert not wrong, wrong
+
+
+def test_the_command_line_reaches_the_demo_through_its_public_names():
+    used = [(module, name)
+            for module, name in _imports(os.path.join(PACKAGE, "cli.py"))
+            if _target(module, name).startswith("frozenbn.demo")]
+    assert used  # the check below sees the imports
+    for module, name in used:
+        assert module in ("frozenbn", "frozenbn.demo"), module
+        assert name == "demo" or name in frozenbn.demo.__all__, name
