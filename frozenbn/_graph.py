@@ -34,6 +34,61 @@ class Chain:
         self.layers = list(layers)
 
 
+def rewrite(model: keras.Model, tool: str, start: Callable):
+    """A copy of `model` with some operations replaced, and what was copied.
+
+    `start()` begins an attempt and returns `plan(graph, path)`, called for
+    `model` and each graph model nested in it; `plan` returns
+    `replace(operation)`: the operation's replacement (a layer, `Removed` or
+    `Chain`), or None to copy it from its config. If a config does not
+    rebuild its layer, a second attempt rewrites a private exact copy of the
+    model (`private_copy`) and reuses such layers from it, with a warning.
+
+    Returns:
+        `(copy, source, rename)`: `source` is the model rewritten (`model`
+        or its private copy) and `rename(path)` maps a path in it to `model`.
+    """
+
+    def attempt(source, reused):
+        plan, jobs = start(), []
+
+        def copy(graph, path):
+            replace = plan(graph, path)
+
+            def clone(operation):
+                if _walk.is_graph_model(operation):
+                    return copy(operation, f"{path}/{operation.name}")
+                new = replace(operation)
+                if new is not None:
+                    return new
+                try:
+                    return copy_layer(operation, jobs)
+                except _clone.UncopyableLayer:
+                    if reused is None:
+                        raise
+                    reused.append(operation.name)
+                    return operation
+
+            return copy_graph(graph, clone)
+
+        result = copy(source, source.name)
+        finish_copies(jobs)
+        return result
+
+    try:
+        return attempt(model, None), model, lambda path: path
+    except _clone.UncopyableLayer as error:
+        private, names = private_copy(model, error, tool)
+        reused = []
+        result = attempt(private, reused)
+        warn_reused(tool, reused, names)
+
+        def rename(path):
+            return "/".join(names.get(part, part) for part in path.split("/"))
+
+        return result, private, rename
+
+
 def copy_graph(model: keras.Model, clone: Callable) -> keras.Model:
     """A copy of a Sequential or Functional model, operation by operation.
 

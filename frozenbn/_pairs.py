@@ -16,7 +16,6 @@ from typing import Tuple
 import keras
 
 from frozenbn import _checks
-from frozenbn import _clone
 from frozenbn import _graph
 from frozenbn import _walk
 
@@ -149,28 +148,15 @@ class Rewriter:
         self.paired: List[Pair] = []
         self.left: List[Pair] = []
         self.handled = set()  # ids of BN layers decided on
-        # Whether layers that their config does not rebuild are reused as
-        # they are (when rewriting a private copy), and which were.
-        self.reuse_uncopyable = False
-        self.reused: List[str] = []
+        self._replaced = []  # (layer, bn, new) for `finish`
 
     def rewrite(self, model: keras.Model) -> keras.Model:
         """The copy of `model`; `paired`/`left` say what became of each BN,
         by path in `model`."""
-        names = {}
-        try:
-            copy = self._rewrite(model, model.name)
-        except _clone.UncopyableLayer as error:
-            # A layer whose config does not rebuild it (a `get_config` that
-            # does not round-trip). Rewrite a private exact copy of the
-            # model instead, reusing such layers from it: the result stays
-            # independent of `model`.
-            private, names = _graph.private_copy(model, error, self.tool)
-            self.paired, self.left, self.handled = [], [], set()
-            self.reuse_uncopyable = True
-            copy = self._rewrite(private, private.name)
-            model = private
-        _graph.warn_reused(self.tool, self.reused, names)
+        copy, model, rename = _graph.rewrite(model, self.tool, self._start)
+        if self.finish is not None:
+            for layer, bn, new in self._replaced:
+                self.finish(layer, bn, new)
         merged = {
             id(layer.batch_norm): layer.name
             for layer in _walk.iter_layers(model)
@@ -199,12 +185,8 @@ class Rewriter:
                     "the copy does not contain it"
                 )
             self.left.append((paths.get(id(bn), bn.name), reason))
-        if names:
-            def rename(path):
-                return "/".join(names.get(part, part) for part in path.split("/"))
-
-            self.paired = [(rename(a), rename(b)) for a, b in self.paired]
-            self.left = [(rename(bn), why) for bn, why in self.left]
+        self.paired = [(rename(a), rename(b)) for a, b in self.paired]
+        self.left = [(rename(bn), why) for bn, why in self.left]
         if not self.paired:
             why = (f"none of its {len(self.left)} BatchNormalization layer(s) "
                    f"qualifies ('{self.left[0][0]}': {self.left[0][1]}; the "
@@ -213,37 +195,30 @@ class Rewriter:
             _checks.warn_unchanged(self.tool, why, "a plain copy", stacklevel=3)
         return copy
 
-    def _rewrite(self, model: keras.Model, path: str) -> keras.Model:
+    def _start(self):
+        """A new attempt: nothing decided yet; returns the plan."""
+        self.paired, self.left, self.handled, self._replaced = [], [], set(), []
+        return self._plan
+
+    def _plan(self, model, path):
+        """`replace(operation)` for one graph model: each paired producer
+        becomes `self.replace(layer, bn)`, its BN is removed."""
         if isinstance(model, keras.Sequential):
             pairs = self._plan_sequential(model, path)
         else:
             pairs = self._plan_functional(model, path)
         removed = {id(bn) for bn in pairs.values()}
-        jobs, replaced = [], []
 
-        def clone(layer):
-            if _walk.is_graph_model(layer):
-                return self._rewrite(layer, f"{path}/{layer.name}")
+        def replace(layer):
             if id(layer) in removed:
                 return _graph.Removed(name=f"{layer.name}_removed")
-            if id(layer) in pairs:
-                new = self.replace(layer, pairs[id(layer)])
-                replaced.append((layer, new))
-                return new
-            try:
-                return _graph.copy_layer(layer, jobs)
-            except _clone.UncopyableLayer:
-                if not self.reuse_uncopyable:
-                    raise
-                self.reused.append(layer.name)
-                return layer
+            if id(layer) not in pairs:
+                return None
+            new = self.replace(layer, pairs[id(layer)])
+            self._replaced.append((layer, pairs[id(layer)], new))
+            return new
 
-        copy = _graph.copy_graph(model, clone)
-        _graph.finish_copies(jobs)
-        if self.finish is not None:
-            for layer, new in replaced:
-                self.finish(layer, pairs[id(layer)], new)
-        return copy
+        return replace
 
     # Planning: which (producer, BN) pairs to rewrite. Returns {id(P): bn}.
 

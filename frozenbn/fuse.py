@@ -12,12 +12,10 @@ import keras
 from keras import ops
 
 from frozenbn import _checks
-from frozenbn import _clone
 from frozenbn import _graph
 from frozenbn import _math
 from frozenbn import _native
 from frozenbn import _pairs
-from frozenbn import _walk
 from frozenbn.layers import BatchNormalization as _FrozenBN
 
 logger = logging.getLogger(__name__)
@@ -96,47 +94,31 @@ def unfuse(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
     (['conv', 'bn'], [('model/conv', 'model/bn')])
     """
     _pairs.check_graph_model(model, "unfuse")
-    report = _pairs.RewriteReport("unfuse")
-    try:
-        copy = _unfuse(model, None, model.name, report.pairs)
-    except _clone.UncopyableLayer as error:
-        # Reuse layers a config does not rebuild (`_graph.private_copy`).
-        private, names = _graph.private_copy(model, error, "unfuse")
-        reused, report.pairs[:] = [], []
-        copy = _unfuse(private, reused, model.name, report.pairs)
-        _graph.warn_reused("unfuse", reused, names)
+    pairs = []
+
+    def start():
+        pairs.clear()
+        return plan
+
+    def plan(graph, path):
+        def replace(operation):
+            if not isinstance(operation, FusedBatchNorm):
+                return None
+            pairs.append((f"{path}/{operation.layer.name}",
+                          f"{path}/{operation.batch_norm.name}"))
+            return _graph.Chain(_graph.copy_built(operation.layer),
+                                _graph.copy_built(operation.batch_norm))
+
+        return replace
+
+    copy, _, rename = _graph.rewrite(model, "unfuse", start)
+    report = _pairs.RewriteReport(
+        "unfuse", [(rename(a), rename(b)) for a, b in pairs])
     if not report.pairs:
         _checks.warn_unchanged(
             "unfuse", f"model '{model.name}' has no FusedBatchNorm layer",
             "a plain copy")
     return copy, report
-
-
-def _unfuse(model: keras.Model, reused, path, pairs) -> keras.Model:
-    jobs = []
-
-    def clone(operation):
-        if _walk.is_graph_model(operation):
-            return _unfuse(operation, reused, f"{path}/{operation.name}",
-                           pairs)
-        if isinstance(operation, FusedBatchNorm):
-            pairs.append((f"{path}/{operation.layer.name}",
-                          f"{path}/{operation.batch_norm.name}"))
-            return _graph.Chain(
-                _graph.copy_built(operation.layer),
-                _graph.copy_built(operation.batch_norm),
-            )
-        try:
-            return _graph.copy_layer(operation, jobs)
-        except _clone.UncopyableLayer:
-            if reused is None:
-                raise
-            reused.append(operation.name)
-            return operation
-
-    copy = _graph.copy_graph(model, clone)
-    _graph.finish_copies(jobs)
-    return copy
 
 
 def _why_not_fusable(layer, bn):
