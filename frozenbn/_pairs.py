@@ -57,21 +57,6 @@ PairCheck = Callable[[keras.layers.Layer, keras.layers.Layer], Optional[str]]
 Pair = Tuple[str, str]
 
 
-def check_graph_model(model, function_name: str) -> None:
-    """Raises unless `model` is a built Functional or Sequential model."""
-    _checks.check_is_layer(model, function_name)
-    if not _walk.is_graph_model(model):
-        raise TypeError(
-            f"`frozenbn.{function_name}` needs a Functional or Sequential "
-            f"model, whose layer graph it can read. '{model.name}' is a "
-            f"{type(model).__name__} (a subclassed model or a bare layer), "
-            "whose structure lives in its Python code. Rebuild it as a "
-            f"Functional model (`keras.Model(inputs, outputs)`) to "
-            f"{function_name} it."
-        )
-    _walk.check_built(model, function_name)
-
-
 @dataclasses.dataclass
 class RewriteReport:
     """What `fold`, `fuse` or `unfuse` did with each BatchNormalization.

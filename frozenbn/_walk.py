@@ -15,6 +15,7 @@ from typing import Optional
 import keras
 from keras.src.models.functional import Functional
 
+from frozenbn import _checks
 from frozenbn.layers import KERAS_BATCH_NORMALIZATION
 from frozenbn.layers import BatchNormalization as _FrozenBatchNormalization
 
@@ -82,6 +83,24 @@ def is_graph_model(layer) -> bool:
     structure lives in their `call` are not.
     """
     return isinstance(layer, (keras.Sequential, Functional))
+
+
+def check_graph_model(model, function_name: str,
+                      remedy: Optional[str] = None) -> None:
+    """Raises unless `model` is a built Functional or Sequential model; the
+    `TypeError` ends with `remedy` (default: rebuild it as Functional)."""
+    _checks.check_is_layer(model, function_name)
+    if not is_graph_model(model):
+        remedy = remedy or (
+            "Rebuild it as a Functional model (`keras.Model(inputs, "
+            f"outputs)`) to {function_name} it.")
+        raise TypeError(
+            f"`frozenbn.{function_name}` needs a Functional or Sequential "
+            f"model, whose layer graph it can read. '{model.name}' is a "
+            f"{type(model).__name__} (a subclassed model or a bare layer), "
+            f"whose structure lives in its Python code. {remedy}"
+        )
+    check_built(model, function_name)
 
 
 def check_built(model: keras.layers.Layer, function_name: str) -> None:

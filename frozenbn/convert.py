@@ -65,7 +65,11 @@ def convert(
         _swap(selected, frozen)
         _warn_if_config_forgets(model)
         return model
-    _check_copyable(model)
+    _walk.check_graph_model(
+        model, "convert",
+        "Convert it in place with `frozenbn.convert(model, inplace=True)` "
+        "(make your own copy first if you need the original), or build it "
+        "with `frozenbn.BatchNormalization` layers.")
     copy, pairs = _clone.copy_model(model)
     _swap([pairs[id(layer)] for layer in selected], frozen)
     _warn_if_config_forgets(copy)
@@ -158,19 +162,6 @@ def _check_convertible(layers: list) -> None:
             f"{type(layer).__name__} subclass frozenbn.BatchNormalization "
             "instead."
         )
-
-
-def _check_copyable(model: keras.layers.Layer) -> None:
-    if not _walk.is_graph_model(model):
-        raise TypeError(
-            "`frozenbn.convert` can copy only Sequential and Functional "
-            f"models; '{model.name}' is a {type(model).__name__}, whose "
-            "structure only its Python code knows. Convert it in place with "
-            "`frozenbn.convert(model, inplace=True)` (make your own copy "
-            "first if you need the original), or build it with "
-            "`frozenbn.BatchNormalization` layers."
-        )
-    _walk.check_built(model, "convert")
 
 
 def _warn_if_config_forgets(model: keras.layers.Layer) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 from frozenbn import _clone
 from frozenbn import _math
 from frozenbn import _pairs
+from frozenbn import _walk
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def fold(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
     >>> report.pairs
     [('model/conv', 'model/bn')]
     """
-    _pairs.check_graph_model(model, "fold")
+    _walk.check_graph_model(model, "fold")
     # Keras's and frozenbn's BN fold alike (inference uses the moving
     # statistics whatever `frozen` says): no check beyond the pair's.
     rewriter = _pairs.Rewriter(

@@ -16,6 +16,7 @@ from frozenbn import _graph
 from frozenbn import _math
 from frozenbn import _native
 from frozenbn import _pairs
+from frozenbn import _walk
 from frozenbn.layers import BatchNormalization as _FrozenBN
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def fuse(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
     >>> [w.name for w in fused.trainable_weights]
     ['kernel', 'bias', 'gamma', 'beta']
     """
-    _pairs.check_graph_model(model, "fuse")
+    _walk.check_graph_model(model, "fuse")
     rewriter = _pairs.Rewriter("fuse", check=_why_not_fusable, replace=_fused)
     copy = rewriter.rewrite(model)
     report = _pairs.RewriteReport("fuse", rewriter.paired, rewriter.left)
@@ -93,7 +94,7 @@ def unfuse(model: keras.Model) -> Tuple[keras.Model, _pairs.RewriteReport]:
     >>> [layer.name for layer in unfused.layers], report.pairs
     (['conv', 'bn'], [('model/conv', 'model/bn')])
     """
-    _pairs.check_graph_model(model, "unfuse")
+    _walk.check_graph_model(model, "unfuse")
     pairs = []
 
     def start():

@@ -108,7 +108,7 @@ def test_subclassed_models_need_inplace():
     before = _state(model)
     with pytest.raises(
         TypeError,
-        match=r"can copy only Sequential and Functional models; 'sub' is a "
+        match=r"convert` needs a Functional or Sequential model.*'sub' is a "
         r"_Subclassed.*frozenbn\.convert\(model, inplace=True\)",
     ):
         frozenbn.convert(model)
