@@ -241,6 +241,22 @@ def _json_normal(obj):
     return json.loads(json.dumps(obj))
 
 
+def small_resnet(weights=None, include_top=True, input_shape=None, **kwargs):
+    """A stand-in for `keras.applications.ResNet50` in the docs' examples
+    (Conv, BN, ReLU twice): their frozenbn and Keras calls are the same, and
+    it compiles in a second. `weights` is ignored (no download here)."""
+    assert weights in (None, "imagenet") and not include_top and not kwargs
+    return keras.Sequential([
+        keras.Input(input_shape or (None, None, 3)),
+        keras.layers.Conv2D(8, 3, strides=2, use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.Conv2D(8, 3, use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+    ], name="small_resnet")
+
+
 def images(n=2, size=32, seed=0):
     """`n` random float32 RGB images in [0, 1] of side `size`."""
     rng = np.random.default_rng(seed)
