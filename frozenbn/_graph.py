@@ -35,7 +35,7 @@ class Chain:
 
 
 def rewrite(model: keras.Model, tool: str, start: Callable):
-    """A copy of `model` with some operations replaced, and what was copied.
+    """A copy of `model` with some operations replaced.
 
     `start()` begins an attempt and returns `plan(graph, path)`, called for
     `model` and each graph model nested in it; `plan` returns

@@ -56,7 +56,7 @@ def batch_norm_layers(
 
 
 def custom_batch_norm_reason(layer: keras.layers.Layer) -> Optional[str]:
-    """Why every tool leaves `layer` alone if it is a custom BN subclass, else None.
+    """Why every tool leaves a custom BN subclass alone; None for other layers.
 
     frozenbn knows the `call` of Keras's and its own BN classes only; a
     subclass may compute something else. `convert` refuses it (`include` can
@@ -190,7 +190,7 @@ def layer_path(root: keras.layers.Layer, layer: keras.layers.Layer) -> str:
 def match(
     source: keras.layers.Layer, copy: keras.layers.Layer
 ) -> Dict[int, keras.layers.Layer]:
-    """`{id(source_layer): copy_layer}`: the counterpart of each layer in `copy`.
+    """`{id(source_layer): copy_layer}`: each layer's counterpart in `copy`.
 
     Matched level by level by path: children with the same name and class
     first (a model rebuilt from config may reorder sublayers), the rest by

@@ -162,7 +162,8 @@ def _add_data_arguments(parser) -> None:
     parser.add_argument("--image-size", type=_positive_int, default=None,
                         help="resize images to this side (default: the "
                         "model's input size)")
-    parser.add_argument("--preprocess", choices=_images.PREPROCESSING, default="none",
+    parser.add_argument("--preprocess", choices=_images.PREPROCESSING,
+                        default="none",
                         help="pixel preprocessing the model expects: none "
                         "(0..255), unit (0..1), or keras.applications "
                         "mode caffe (ResNet50), tf (-1..1), torch "
