@@ -5,6 +5,7 @@ command line reaches the demo through `frozenbn.demo`'s public names."""
 
 import ast
 import glob
+import importlib
 import os
 
 import frozenbn
@@ -29,11 +30,16 @@ def _imports(path):
 
 
 def _target(module, name):
-    """The module an import reaches: `from frozenbn import _walk` reaches
-    `frozenbn._walk`, `from frozenbn import convert` the package root."""
-    if name is not None and os.path.exists(
-            os.path.join(testing.REPO, *module.split("."), f"{name}.py")):
-        return f"{module}.{name}"
+    """The module an import reaches: `from frozenbn import _walk` and `from
+    frozenbn import demo` reach those modules, `from frozenbn import convert`
+    the package root (which binds `convert` to the function)."""
+    if name is not None:
+        try:
+            submodule = importlib.import_module(f"{module}.{name}")
+        except ImportError:
+            return module
+        if getattr(importlib.import_module(module), name) is submodule:
+            return submodule.__name__
     return module
 
 
