@@ -19,21 +19,26 @@ from frozenbn.layers import BatchNormalization
 from frozenbn.layers import keras_classes
 
 
-def copy_model(model: keras.Model) -> Tuple[keras.Model, Dict[int, Any]]:
-    """A copy of `model` with the same classes, structure and weight values.
+def copy_model(
+    model: keras.Model, tree: Optional[_walk.Tree] = None
+) -> Tuple[keras.Model, Dict[int, Any]]:
+    """A copy of `model` with the same classes, structure and weight values,
+    and `{id(layer): its copy}`.
 
     `keras.models.clone_model` where it keeps every class, else the model's own
     config (clone_model rebuilds keras-hub backbones as plain Functional);
-    weights are copied through the path matching of `_walk.match`.
+    weights are copied through the path matching of `_walk.match`. `tree`
+    is the caller's walk of `model`, if it has one.
     """
+    tree = tree or _walk.Tree(model)
     with keras_classes():  # also inside a user's `frozenbn.patch` block
         copy, seeded = _clone(model)
     pairs = None if copy is None else _walk.match(model, copy)
-    if pairs is None or _structure_mismatch(model, pairs):
+    if pairs is None or _structure_mismatch(tree, pairs):
         with keras_classes():
             copy, seeded = _copy_from_config(model), {}
         pairs = _walk.match(model, copy)
-        mismatch = _structure_mismatch(model, pairs)
+        mismatch = _structure_mismatch(tree, pairs)
         if not mismatch and _shares_variables(model, copy):
             mismatch = "the copy shares variables with the model"
         if mismatch:
@@ -44,7 +49,7 @@ def copy_model(model: keras.Model) -> Tuple[keras.Model, Dict[int, Any]]:
                 "model, inplace=True)` instead (copy it yourself first if "
                 "you need the original)."
             )
-    _copy_values(model, pairs, seeded)
+    _copy_values(tree.layers, pairs, seeded)
     if getattr(model, "compiled", False) and not copy.compiled:
         copy.compile_from_config(model.get_compile_config())
     return copy, pairs
@@ -109,19 +114,20 @@ def copy_weights(source: keras.layers.Layer, target: keras.layers.Layer) -> None
     Raises:
         RuntimeError: the copy's layers or weights do not correspond.
     """
+    tree = _walk.Tree(source)
     pairs = _walk.match(source, target)
-    mismatch = _structure_mismatch(source, pairs)
+    mismatch = _structure_mismatch(tree, pairs)
     if mismatch:
         raise RuntimeError(
             f"The copy of '{source.name}' does not correspond to it "
             f"({mismatch}); please report this with the model's class."
         )
-    _copy_values(source, pairs, {})
+    _copy_values(tree.layers, pairs, {})
 
 
-def _copy_values(model, pairs: dict, seeded: dict) -> None:
+def _copy_values(layers: list, pairs: dict, seeded: dict) -> None:
     done = set()
-    for src_layer in _walk.iter_layers(model):
+    for src_layer in layers:
         dst_layer = pairs.get(id(src_layer))
         if dst_layer is None:
             continue
@@ -218,11 +224,11 @@ def _fresh_copy(variable):
     return keras.ops.copy(variable.value)
 
 
-def _structure_mismatch(model, pairs: Optional[dict]) -> str:
-    """Why the matched copy is not faithful, or "" if it is."""
+def _structure_mismatch(tree: _walk.Tree, pairs: Optional[dict]) -> str:
+    """Why the matched copy of `tree.root` is not faithful, or "" if it is."""
     if pairs is None:
         return "the copy's layers could not be matched to the model's"
-    for layer in _walk.iter_layers(model):
+    for layer in tree.layers:
         other = pairs.get(id(layer))
         if other is None:
             if _walk.own_weights(layer) or _walk.is_batch_norm(layer):
@@ -240,5 +246,4 @@ def _structure_mismatch(model, pairs: Optional[dict]) -> str:
             break
     else:
         return ""
-    # One walk for the path, only to name the layer that does not match.
-    return f"layer '{_walk.layer_path(model, layer)}' {problem}"
+    return f"layer '{tree.path(layer)}' {problem}"

@@ -169,9 +169,10 @@ def _tf_strategy(model):
         return None
     tf = _tf()
     for variable in model.weights:
-        value = getattr(variable, "value", None)
-        if isinstance(value, tf.distribute.DistributedValues):
-            strategy = value._distribute_strategy
+        # A variable created under a strategy holds a distributed variable.
+        strategy = getattr(getattr(variable, "value", None),
+                           "distribute_strategy", None)
+        if isinstance(strategy, tf.distribute.Strategy):
             if tf.distribute.in_cross_replica_context() or (
                 not tf.distribute.has_strategy()
             ):

@@ -48,11 +48,35 @@ def batch_norm_layers(
     root: keras.layers.Layer, include: LayerPredicate = None
 ) -> list:
     """Every BatchNormalization layer in `root` that `include` selects."""
-    return [
-        layer
-        for layer in iter_layers(root)
-        if is_batch_norm(layer) and (include is None or include(layer))
-    ]
+    return Tree(root).batch_norm_layers(include)
+
+
+class Tree:
+    """A model's layers from one walk, shared by the steps of one tool.
+
+    `convert` checks, copies and swaps from one `Tree`, so the model is
+    walked once (`match` then pairs it with its copy). `layers` is
+    `iter_layers(root)`; paths are computed only when a message needs one.
+    """
+
+    def __init__(self, root: keras.layers.Layer):
+        self.root = root
+        self.layers = list(iter_layers(root))
+        self._paths = None
+
+    def batch_norm_layers(self, include: LayerPredicate = None) -> list:
+        """The BN layers that `include` selects, in walk order."""
+        return [
+            layer
+            for layer in self.layers
+            if is_batch_norm(layer) and (include is None or include(layer))
+        ]
+
+    def path(self, layer: keras.layers.Layer) -> str:
+        """The path of `layer` in `root` (see `paths`), or its name."""
+        if self._paths is None:
+            self._paths = paths(self.root)
+        return self._paths.get(id(layer), layer.name)
 
 
 def custom_batch_norm_reason(layer: keras.layers.Layer) -> Optional[str]:
@@ -180,11 +204,6 @@ def paths(root: keras.layers.Layer) -> Dict[int, str]:
                 found[id(child)] = f"{found[id(parent)]}/{child.name}"
                 queue.append(child)
     return found
-
-
-def layer_path(root: keras.layers.Layer, layer: keras.layers.Layer) -> str:
-    """The path of `layer` in `root` (see `paths`), or its name."""
-    return paths(root).get(id(layer), layer.name)
 
 
 def match(

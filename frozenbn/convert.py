@@ -53,26 +53,29 @@ def convert(
     _checks.check_is_layer(model, "convert")
     _checks.check_bool("frozen", frozen)
     _checks.check_bool("inplace", inplace)
-    selected = _walk.batch_norm_layers(model, include)
+    # One walk: checking, copying and swapping share it.
+    tree = _walk.Tree(model)
+    selected = tree.batch_norm_layers(include)
     _check_convertible(selected)
     if not selected:
-        count = len(_walk.batch_norm_layers(model))
+        count = len(tree.batch_norm_layers())
         why = (f"`include` selects none of its {count} BatchNormalization "
                "layer(s)" if count else "it has no BatchNormalization layer")
         _checks.warn_unchanged(
             "convert", why, "the model as it was" if inplace else "a plain copy")
     if inplace:
         _swap(selected, frozen)
-        _warn_if_config_forgets(model)
+        _warn_if_config_forgets(model, tree.layers)
         return model
     _walk.check_graph_model(
         model, "convert",
         "Convert it in place with `frozenbn.convert(model, inplace=True)` "
         "(make your own copy first if you need the original), or build it "
         "with `frozenbn.BatchNormalization` layers.")
-    copy, pairs = _clone.copy_model(model)
+    copy, pairs = _clone.copy_model(model, tree)
     _swap([pairs[id(layer)] for layer in selected], frozen)
-    _warn_if_config_forgets(copy)
+    _warn_if_config_forgets(
+        copy, [pairs[id(layer)] for layer in tree.layers if id(layer) in pairs])
     return copy
 
 
@@ -125,7 +128,8 @@ def unfreeze(
 
 def _set_frozen(model, frozen, include, name) -> int:
     changed = selected = 0
-    for layer in _walk.iter_layers(model):
+    tree = _walk.Tree(model)
+    for layer in tree.layers:
         if not isinstance(layer, (BatchNormalization, Frozen)):
             continue
         if include is not None and not include(layer):
@@ -136,7 +140,7 @@ def _set_frozen(model, frozen, include, name) -> int:
             changed += 1
     if changed:
         return changed
-    layers = _walk.batch_norm_layers(model)
+    layers = tree.batch_norm_layers()
     if selected:
         why = f"its {selected} selected layer(s) already had frozen={frozen}"
     elif any(isinstance(layer, BatchNormalization) for layer in layers):
@@ -164,15 +168,12 @@ def _check_convertible(layers: list) -> None:
         )
 
 
-def _warn_if_config_forgets(model: keras.layers.Layer) -> None:
-    """Warns when `model.save` would not record its frozenbn layers: configs
-    that hold only constructor arguments (keras-hub models, many subclassed
-    ones) rebuild Keras's BN on load, with batch statistics again in `fit`."""
-    ours = [
-        layer
-        for layer in _walk.iter_layers(model)
-        if isinstance(layer, BatchNormalization)
-    ]
+def _warn_if_config_forgets(model: keras.layers.Layer, layers: list) -> None:
+    """Warns when `model.save` would not record its frozenbn layers (of
+    `layers`, its own): configs that hold only constructor arguments
+    (keras-hub models, many subclassed ones) rebuild Keras's BN on load, with
+    batch statistics again in `fit`."""
+    ours = [layer for layer in layers if isinstance(layer, BatchNormalization)]
     if not ours:
         return
     try:

@@ -385,9 +385,30 @@ def test_a_copy_that_lost_a_layer_is_named_by_its_path():
     )
     model = keras.Sequential([keras.Input((3,)), inner], name="outer")
     copy = keras.models.clone_model(model)
-    pairs = _walk.match(model, copy)
-    assert _clone._structure_mismatch(model, pairs) == ""
+    pairs, tree = _walk.match(model, copy), _walk.Tree(model)
+    assert _clone._structure_mismatch(tree, pairs) == ""
     del pairs[id(inner.get_layer("d"))]
-    assert _clone._structure_mismatch(model, pairs) == (
+    assert _clone._structure_mismatch(tree, pairs) == (
         "layer 'outer/inner/d' has no counterpart in the copy"
     )
+
+
+def test_convert_walks_the_model_once(monkeypatch, resnet):
+    # The plan (`_walk.Tree`) is the one walk that checking, copying and
+    # swapping share; `match` then pairs the model with its copy level by
+    # level, and paths are computed only for a message.
+    from frozenbn import _walk
+
+    roots, path_walks = [], []
+    iter_layers, paths = _walk.iter_layers, _walk.paths
+    monkeypatch.setattr(_walk, "iter_layers",
+                        lambda root: roots.append(root) or iter_layers(root))
+    monkeypatch.setattr(_walk, "paths",
+                        lambda root: path_walks.append(root) or paths(root))
+    converted = frozenbn.convert(resnet)
+    assert [root is resnet for root in roots] == [True]
+    assert path_walks == []
+    assert sum(isinstance(layer, frozenbn.BatchNormalization)
+               for layer in converted.layers) == sum(
+        isinstance(layer, keras.layers.BatchNormalization)
+        for layer in resnet.layers) > 0
