@@ -18,6 +18,7 @@ import keras
 from frozenbn import _checks
 from frozenbn import _graph
 from frozenbn import _walk
+from frozenbn._backend import native
 
 # Output channels are the last kernel axis (HWIO, and Dense's (in, units)).
 OUT_LAST = (
@@ -336,10 +337,7 @@ def _why_not_producer(
 
 
 def _bias_lands_on_last_axis(layer, output_shape) -> bool:
-    # keras/src/backend/tensorflow/numpy.py `add` turns `x + bias` into
-    # `tf.nn.bias_add(..., "NHWC")` whenever x.shape[-1] equals the bias
-    # length, even for a (1, C, 1, ...) channels_first bias (Keras 3.15).
-    if keras.config.backend() != "tensorflow" or channel_axis_is_last(layer):
+    if not native.BIAS_ADD_ON_LAST_AXIS or channel_axis_is_last(layer):
         return False
     last = output_shape[-1] if output_shape else None
     return last is None or last == output_shape[1]

@@ -16,9 +16,9 @@ import numpy as np
 from keras import ops
 
 from frozenbn import _compile
-from frozenbn import _distribute
 from frozenbn import _math
 from frozenbn import _walk
+from frozenbn._backend import native
 from frozenbn.layers import Frozen
 
 # How each measured BN layer normalizes during a statistics pass.
@@ -84,13 +84,13 @@ class PooledStatistics:
 def check_finite_statistics(layers: list, bad: list, order: list) -> None:
     """Raises a `ValueError` naming the earliest batch with NaN/inf moments
     and its first layer called (`order`); `bad[i]` is `layers[i]`'s first
-    bad batch, -1 for none, `_distribute.REMOTE_BAD` for another replica."""
+    bad batch, -1 for none, `REMOTE_BAD` for another replica."""
 
     def position(i):
         return order.index(i) if i in order else len(order)
 
     local = [i for i, b in enumerate(bad) if b >= 0]
-    remote = [i for i, b in enumerate(bad) if b == _distribute.REMOTE_BAD]
+    remote = [i for i, b in enumerate(bad) if b == native.REMOTE_BAD]
     if local:
         batch = min(bad[i] for i in local)
         first = min((i for i in local if bad[i] == batch), key=position)
@@ -194,9 +194,9 @@ class StatisticsPass:
         for start, stop in program.slices:
             seen = bad[start:stop]
             local = seen[seen >= 0]
-            remote = np.any(seen == _distribute.REMOTE_BAD)
+            remote = np.any(seen == native.REMOTE_BAD)
             firsts.append(int(local.min()) if local.size else
-                          _distribute.REMOTE_BAD if remote else -1)
+                          native.REMOTE_BAD if remote else -1)
         check_finite_statistics(program.layers, firsts, program.order)
         return PooledStatistics(
             program.layers,
@@ -230,7 +230,7 @@ def _program(model, layers, mode, batch_in_fit, outputs):
             (id(layer), type(layer), batch_in_fit.get(id(layer), True))
             for layer in layers
         ),
-        _distribute.placement(model),
+        native.placement(model),
         getattr(model, "run_eagerly", None),
         getattr(model, "jit_compile", None),
     )
@@ -378,7 +378,7 @@ class _Program:
             )
             fused = None
             if mask is None and batch_normalizes and not layer.synchronized:
-                fused = _compile.fused_normalization(
+                fused = native.fused_normalization(
                     shifted,
                     layer.axis,
                     _cast(layer.gamma, dtype),
@@ -439,7 +439,7 @@ def _channel_vector(vector, x, axis):
 def _normalizing_moments(layer, mean, var, count):
     """The batch moments `fit` normalizes with: the global batch's for
     `synchronized=True` layers under `tf.distribute`, else the replica's."""
-    sum_all = _distribute.cross_replica_sum() if layer.synchronized else None
+    sum_all = native.cross_replica_sum() if layer.synchronized else None
     if sum_all is None:
         return mean, var
     n = ops.cast(count, mean.dtype) * ops.ones_like(mean)

@@ -14,9 +14,9 @@ from keras import ops
 from frozenbn import _checks
 from frozenbn import _graph
 from frozenbn import _math
-from frozenbn import _native
 from frozenbn import _pairs
 from frozenbn import _walk
+from frozenbn._backend import native
 from frozenbn.layers import BatchNormalization as _FrozenBN
 
 logger = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def _scaled_op(layer, x, scale, dtype):
     else:  # output channels last, or (in, multiplier) flattened in order
         full = tuple(kernel.shape)
         flat = ops.reshape(kernel, full[: len(full) - len(shape)] + (-1,))
-        kernel = ops.reshape(_native.scale_channels(flat, scale), full)
+        kernel = ops.reshape(native.scale_channels(flat, scale), full)
     kernel = ops.cast(kernel, dtype)
     if isinstance(layer, _pairs.SEPARABLE):
         return ops.separable_conv(

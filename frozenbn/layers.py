@@ -12,7 +12,7 @@ from typing import Optional
 import keras
 
 from frozenbn import _checks
-from frozenbn import _native
+from frozenbn._backend import native
 
 _PACKAGE = "frozenbn"
 
@@ -162,7 +162,7 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
         """
         if not self._use_fused_gradient or self.renorm:
             return None
-        if not _native.records_gradients():
+        if not native.records_gradients():
             return None
         if not (self.trainable and (self.scale or self.center)):
             return None
@@ -180,7 +180,7 @@ class BatchNormalization(KERAS_BATCH_NORMALIZATION):
 
     def _frozen_call_fused_gradient(self, inputs, layout):
         # As in Keras BN: float16/bfloat16 inputs are computed in float32.
-        outputs = _native.frozen_batch_norm(
+        outputs = native.frozen_batch_norm(
             keras.ops.cast(inputs, "float32"),
             keras.ops.cast(self.gamma, "float32") if self.scale else None,
             keras.ops.cast(self.beta, "float32") if self.center else None,

@@ -267,16 +267,16 @@ def test_torch_inference_without_autograd_takes_the_plain_op(monkeypatch):
     outputs are the same bit for bit."""
     import torch
 
-    from frozenbn import _native
+    from frozenbn._backend import native
 
-    native = _native.frozen_batch_norm
+    frozen_batch_norm = native.frozen_batch_norm
     calls = []
 
     def counting(*args, **kwargs):
         calls.append(torch.is_grad_enabled())
-        return native(*args, **kwargs)
+        return frozen_batch_norm(*args, **kwargs)
 
-    monkeypatch.setattr(_native, "frozen_batch_norm", counting)
+    monkeypatch.setattr(native, "frozen_batch_norm", counting)
     bn = frozenbn.BatchNormalization(frozen=True)
     bn.build((4, 3, 3, 5))
     testing.randomize_batch_norm(bn)
