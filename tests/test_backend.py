@@ -1,11 +1,10 @@
 """`frozenbn._backend`: the one place where the library's code differs by
-backend. No other library module asks Keras which backend runs or imports a
-backend's library (the demo, an application beside the library, describes
-the machine it runs on), and each backend module redefines only names of
-the interface (`generic.__all__`), so a misspelt override cannot go unused."""
+backend. No other library module asks Keras which backend runs (nor imports
+a backend's library: tests/test_imports.py; the demo, an application beside
+the library, describes the machine it runs on), and each backend module
+redefines only names of the interface (`generic.__all__`), so a misspelt
+override cannot go unused."""
 
-import ast
-import glob
 import importlib
 import inspect
 import os
@@ -17,38 +16,15 @@ from frozenbn import _backend
 from frozenbn._backend import generic
 from tests import testing
 
-PACKAGE = os.path.join(testing.REPO, "frozenbn")
-BACKEND_LIBRARIES = {"tensorflow", "jax", "torch"}
-
-
-def _sources():
-    for path in glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True):
-        if os.path.relpath(path, PACKAGE).startswith("demo" + os.sep):
-            continue
-        with open(path, encoding="utf-8") as f:
-            yield os.path.relpath(path, PACKAGE), f.read()
-
-
 def test_only_the_backend_package_asks_which_backend_runs():
-    asking = [path for path, text in _sources()
-              if "config.backend()" in text]
+    asking = []
+    for path in testing.library_modules() + [
+            os.path.join(testing.PACKAGE, name) for name in ("__init__.py",
+                                                              "cli.py")]:
+        with open(path, encoding="utf-8") as f:
+            if "config.backend()" in f.read():
+                asking.append(os.path.relpath(path, testing.PACKAGE))
     assert asking == [os.path.join("_backend", "__init__.py")]
-
-
-def test_only_the_backend_package_imports_a_backend_library():
-    importing = {}
-    for path, text in _sources():
-        for node in ast.walk(ast.parse(text)):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module]
-            for name in names:
-                if name.split(".")[0] in BACKEND_LIBRARIES:
-                    importing.setdefault(path, set()).add(name)
-    assert importing and all(
-        path.startswith("_backend" + os.sep) for path in importing), importing
 
 
 def test_the_running_backend_has_its_module():
@@ -57,7 +33,7 @@ def test_the_running_backend_has_its_module():
     assert set(generic.__all__) <= set(dir(_backend.native))
 
 
-@pytest.mark.parametrize("name", sorted(BACKEND_LIBRARIES))
+@pytest.mark.parametrize("name", ["jax", "tensorflow", "torch"])
 def test_a_backend_module_redefines_only_the_interface(name):
     pytest.importorskip(name)
     module = importlib.import_module(f"frozenbn._backend.{name}")

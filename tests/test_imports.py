@@ -12,12 +12,13 @@ import frozenbn
 import frozenbn.demo
 from tests import testing
 
-PACKAGE = os.path.join(testing.REPO, "frozenbn")
+PACKAGE = testing.PACKAGE
 DEMO_MAY_USE = {"frozenbn._report", "frozenbn._images"}
 
 
-def _imports(path):
-    """`(module, name)` for every import in `path`; name None for `import m`."""
+def _imports(path, packages=("frozenbn",)):
+    """`(module, name)` for every import in `path` of a module of
+    `packages`; name None for `import m`."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read())
     found = []
@@ -26,7 +27,7 @@ def _imports(path):
             found += [(alias.name, None) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             found += [(node.module, alias.name) for alias in node.names]
-    return [(m, n) for m, n in found if m.split(".")[0] == "frozenbn"]
+    return [(m, n) for m, n in found if m.split(".")[0] in packages]
 
 
 def _target(module, name):
@@ -43,14 +44,9 @@ def _target(module, name):
     return module
 
 
-def _library_modules():
-    return [p for p in glob.glob(os.path.join(PACKAGE, "*.py"))
-            if os.path.basename(p) not in ("__init__.py", "cli.py")]
-
-
 def test_the_library_imports_neither_the_demo_nor_the_root():
     wrong = {}
-    for path in _library_modules():
+    for path in testing.library_modules():
         for module, name in _imports(path):
             target = _target(module, name)
             if (target == "frozenbn" or target.startswith("frozenbn.demo")
@@ -81,3 +77,14 @@ def test_the_command_line_reaches_the_demo_through_its_public_names():
     for module, name in used:
         assert module in ("frozenbn", "frozenbn.demo"), module
         assert name == "demo" or name in frozenbn.demo.__all__, name
+
+
+def test_only_the_backend_package_imports_a_backend_library():
+    # `frozenbn._backend` holds all backend-specific code (tests/test_backend.py).
+    importing = {
+        os.path.relpath(path, PACKAGE): sorted({module for module, _ in found})
+        for path in testing.library_modules() + [os.path.join(PACKAGE, "cli.py")]
+        for found in [_imports(path, ("tensorflow", "jax", "torch"))] if found
+    }
+    assert importing and all(
+        path.startswith("_backend" + os.sep) for path in importing), importing

@@ -1,6 +1,7 @@
 """Shared checks for frozenbn's tests (our own, not `keras.src.testing`)."""
 
 import contextlib
+import glob
 import importlib.util
 import json
 import os
@@ -79,6 +80,20 @@ LINEAR_LAYERS = {
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
+PACKAGE = os.path.join(REPO, "frozenbn")
+
+
+def library_modules() -> list:
+    """The paths of the library's modules, subpackages included: not the
+    package root, the command line or the demo (they sit beside it)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"),
+                                 recursive=True)):
+        relative = os.path.relpath(path, PACKAGE)
+        if relative not in ("__init__.py", "cli.py") and not relative.startswith(
+                "demo" + os.sep):
+            found.append(path)
+    return found
 
 
 def committed_result(name: str) -> dict:

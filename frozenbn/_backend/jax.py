@@ -77,6 +77,7 @@ def place_batch(distribution, x):
 
 
 def pool_replicas(distribution, state):
+    # As generic's, with this module's `to_numpy` (XLA already reduced it).
     return keras.tree.map_structure(to_numpy, state)
 
 
