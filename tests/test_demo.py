@@ -272,18 +272,21 @@ def test_demo_quick_writes_results(tmp_path, capsys):
 
 
 def test_backbones():
-    """The scenario's two backbones: ResNet50 (53 BN layers) and the small
-    residual network of --quick (9), which takes no weights."""
-    for architecture, count in (("resnet50", 53), ("small", 9)):
+    """The scenario's backbones: ResNet50 (53 BN layers), the small
+    residual network of --quick (9) and a half-width ResNet-18 (20); the
+    residual networks take no weights."""
+    for architecture, count, channels, side in (
+            ("resnet50", 53, 2048, 1), ("small", 9, 64, 8),
+            ("medium", 20, 256, 4)):
         backbone = training.build_backbone(None, 32, architecture)
         assert len(testing.layers_of(
             backbone, keras.layers.BatchNormalization)) == count
-        assert backbone.output_shape[-1] == (2048 if count == 53 else 64)
+        assert backbone.output_shape == (None, side, side, channels)
     with pytest.raises(ValueError, match="weights are for ResNet50; the "
-                       "'small' backbone takes weights=None"):
-        training.build_backbone("imagenet", 32, "small")
+                       "'medium' backbone takes weights=None"):
+        training.build_backbone("imagenet", 32, "medium")
     with pytest.raises(ValueError, match="architecture must be one of "
-                       r"\('resnet50', 'small'\), got 'vgg'"):
+                       r"\('resnet50', 'small', 'medium'\), got 'vgg'"):
         training.build_backbone(None, 32, "vgg")
 
 

@@ -49,8 +49,8 @@ class ScenarioConfig:
         weights: `None` (random init, then pretrained on the source
             domain), `"imagenet"`, or a path to ResNet50 weights. Defaults
             to `None`.
-        backbone: `"resnet50"` (the default) or `"small"`, a small residual
-            network that compiles in seconds (`training.BACKBONES`).
+        backbone: `"resnet50"` (the default), or `"small"` or `"medium"`,
+            residual networks that compile in seconds (`training.BACKBONES`).
         pretrain_epochs: Source-domain epochs when `weights` is `None`.
             Defaults to 4.
         epochs: Maximum fine-tuning epochs (early stopping may end sooner).

@@ -1,7 +1,8 @@
 """The models of the scenario and the callbacks that watch them train.
 
 - `build_backbone`: ResNet50 without its top, random or given weights, or
-  the small residual network of `frozenbn demo --quick`.
+  a smaller residual network (that of `frozenbn demo --quick`, or one of
+  20 BN layers).
 - `pretrain_backbone`: a short source-domain training, then `recalibrate`,
   so the statistics are converged as after a long pretraining.
 - `build_classifier`: the bug report's Sequential head on a backbone.
@@ -17,10 +18,16 @@ import keras
 import numpy as np
 
 
-BACKBONES = ("resnet50", "small")
-"""The scenario's backbones: Keras's ResNet50, and a small residual network
-(three stages of Conv-BN blocks, 9 BN layers) that compiles in seconds,
-for `frozenbn demo --quick`."""
+_RESNETS = {
+    # name: (filters of each stage, residual blocks per stage)
+    "small": ((16, 32, 64), 1),  # 9 BN layers; `frozenbn demo --quick`
+    "medium": ((32, 64, 128, 256), 2),  # 20 BN layers; a half-width ResNet-18
+}
+
+BACKBONES = ("resnet50",) + tuple(_RESNETS)
+"""The scenario's backbones: Keras's ResNet50, and residual networks of
+Conv-BN blocks that compile in seconds: "small" (for `frozenbn demo
+--quick`) and "medium" (`benchmarks/results/demo/backbones.py`)."""
 
 
 def build_backbone(weights: Optional[str], image_size: int,
@@ -47,8 +54,9 @@ def build_backbone(weights: Optional[str], image_size: int,
                          "backbone takes weights=None")
     elif weights != "imagenet" and not os.path.isfile(weights):
         raise FileNotFoundError(f"ResNet50 weights file not found: {weights}")
-    if architecture == "small":
-        return _small_resnet(image_size)
+    if architecture in _RESNETS:
+        return _resnet(image_size, *_RESNETS[architecture],
+                       name=f"{architecture}_resnet")
     return keras.applications.ResNet50(
         weights=weights, include_top=False,
         input_shape=(image_size, image_size, 3),
@@ -61,7 +69,7 @@ def backbone_name(architecture: str) -> str:
                                         f"a {architecture} ResNet")
 
 
-def _small_resnet(image_size: int) -> keras.Model:
+def _resnet(image_size: int, filters, blocks: int, name: str) -> keras.Model:
     layers = keras.layers
 
     def conv_bn(x, filters, strides=1, kernel=3):
@@ -70,14 +78,16 @@ def _small_resnet(image_size: int) -> keras.Model:
         return layers.BatchNormalization()(x)
 
     inputs = keras.Input((image_size, image_size, 3))
-    x = layers.ReLU()(conv_bn(inputs, 16))
-    for filters, strides in ((16, 1), (32, 2), (64, 2)):
-        shortcut = x
-        if strides != 1:
-            shortcut = conv_bn(x, filters, strides, kernel=1)
-        y = layers.ReLU()(conv_bn(x, filters, strides))
-        x = layers.ReLU()(layers.Add()([shortcut, conv_bn(y, filters)]))
-    return keras.Model(inputs, x, name="small_resnet")
+    x = layers.ReLU()(conv_bn(inputs, filters[0]))
+    for stage, width in enumerate(filters):
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            shortcut = x
+            if strides != 1 or x.shape[-1] != width:
+                shortcut = conv_bn(x, width, strides, kernel=1)
+            y = layers.ReLU()(conv_bn(x, width, strides))
+            x = layers.ReLU()(layers.Add()([shortcut, conv_bn(y, width)]))
+    return keras.Model(inputs, x, name=name)
 
 
 def pretrain_backbone(

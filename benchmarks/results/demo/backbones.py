@@ -9,7 +9,7 @@ markdown table). NAME is one of:
   frozen-statistics rate, and the arms with frozen statistics at higher
   rates, with a warm-up, and head-first.
 - `medium`: a ResNet-18 at half width (four stages of two blocks, 32-256
-  channels, 20 BN layers), defined here: the demo's arms at Adam 1e-4 for
+  channels, 20 BN layers): the demo's arms at Adam 1e-4 for
   the frozen arm, and the frozen arm alone at 1e-5 and 3e-5.
 """
 
@@ -18,11 +18,8 @@ import os
 import sys
 import time
 
-import keras
-
 from frozenbn.demo import images
 from frozenbn.demo import scenario
-from frozenbn.demo import training
 
 DEMO = ("stock", "stock_recalibrated", "frozenbn")
 FROZEN = ("frozenbn", "frozenbn_recalibrated", "keras_bn_frozen",
@@ -44,38 +41,13 @@ RUNS = {
 }
 
 
-def half_width_resnet18(image_size):
-    """Four stages of two residual Conv-BN blocks, 32, 64, 128, 256 filters."""
-    layers = keras.layers
-
-    def conv_bn(x, filters, strides=1, kernel=3):
-        x = layers.Conv2D(filters, kernel, strides, padding="same",
-                          use_bias=False)(x)
-        return layers.BatchNormalization()(x)
-
-    inputs = keras.Input((image_size, image_size, 3))
-    x = layers.ReLU()(conv_bn(inputs, 32))
-    for stage, filters in enumerate((32, 64, 128, 256)):
-        for block in range(2):
-            strides = 2 if stage > 0 and block == 0 else 1
-            shortcut = x
-            if strides != 1 or x.shape[-1] != filters:
-                shortcut = conv_bn(x, filters, strides, kernel=1)
-            y = layers.ReLU()(conv_bn(x, filters, strides))
-            x = layers.ReLU()(layers.Add()([shortcut, conv_bn(y, filters)]))
-    return keras.Model(inputs, x, name="half_width_resnet18")
-
-
 def main(name):
-    if name == "medium":
-        # The scenario builds its "small" backbone with this function.
-        training._small_resnet = half_width_resnet18
     rows = []
     data = images.load_demo_data()
     for arms, overrides, seeds in RUNS[name]:
         for seed in seeds:
             config = scenario.ScenarioConfig(
-                backbone="small", seed=seed, deterministic=True, **overrides)
+                backbone=name, seed=seed, deterministic=True, **overrides)
             start = time.perf_counter()
             result = scenario.run_scenario(data, config, arms, verbose=0)
             seconds = time.perf_counter() - start
