@@ -69,7 +69,7 @@ def backbone_name(architecture: str) -> str:
                                         f"a {architecture} ResNet")
 
 
-def _resnet(image_size: int, filters, blocks: int, name: str) -> keras.Model:
+def _resnet(image_size: int, widths, blocks: int, name: str) -> keras.Model:
     layers = keras.layers
 
     def conv_bn(x, filters, strides=1, kernel=3):
@@ -78,8 +78,8 @@ def _resnet(image_size: int, filters, blocks: int, name: str) -> keras.Model:
         return layers.BatchNormalization()(x)
 
     inputs = keras.Input((image_size, image_size, 3))
-    x = layers.ReLU()(conv_bn(inputs, filters[0]))
-    for stage, width in enumerate(filters):
+    x = layers.ReLU()(conv_bn(inputs, widths[0]))
+    for stage, width in enumerate(widths):
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1
             shortcut = x
