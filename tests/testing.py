@@ -83,17 +83,20 @@ RESULTS = os.path.join(REPO, "benchmarks", "results")
 PACKAGE = os.path.join(REPO, "frozenbn")
 
 
+def package_modules() -> list:
+    """The paths of the package's modules outside the demo (an application
+    beside the library): the library's, the package root and the command
+    line."""
+    return [path for path in sorted(glob.glob(
+                os.path.join(PACKAGE, "**", "*.py"), recursive=True))
+            if not os.path.relpath(path, PACKAGE).startswith("demo" + os.sep)]
+
+
 def library_modules() -> list:
     """The paths of the library's modules, subpackages included: not the
     package root, the command line or the demo (they sit beside it)."""
-    found = []
-    for path in sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"),
-                                 recursive=True)):
-        relative = os.path.relpath(path, PACKAGE)
-        if relative not in ("__init__.py", "cli.py") and not relative.startswith(
-                "demo" + os.sep):
-            found.append(path)
-    return found
+    return [path for path in package_modules()
+            if os.path.relpath(path, PACKAGE) not in ("__init__.py", "cli.py")]
 
 
 def committed_result(name: str) -> dict:
