@@ -119,7 +119,7 @@ def test_frozen_warmup_raises_the_rate_linearly_then_holds_it():
     is the constant one."""
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
-    scenario._compile(model, 1e-4, warmup_steps=4)
+    scenario._compile(model, 1e-4, x, y, warmup_steps=4)
     rates = []
     for _ in range(6):
         rates.append(float(keras.ops.convert_to_numpy(
@@ -127,7 +127,7 @@ def test_frozen_warmup_raises_the_rate_linearly_then_holds_it():
         model.train_on_batch(x, y)
     np.testing.assert_allclose(rates, [0, 2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4],
                                rtol=1e-6, atol=1e-12)
-    scenario._compile(model, 1e-4)
+    scenario._compile(model, 1e-4, x, y)
     assert float(keras.ops.convert_to_numpy(
         model.optimizer.learning_rate)) == pytest.approx(1e-4)
 
@@ -378,6 +378,47 @@ def test_fit_mode_loss_normalizes_each_batch_without_dropout():
     np.testing.assert_allclose(
         training.fit_mode_loss(frozen, x, y, batch_size=16),
         frozen.evaluate(x, y, batch_size=16, verbose=0), rtol=1e-5)
+
+
+def test_compile_model_creates_the_variables_fit_would():
+    """`compile_model` builds the optimizer and the metrics before `fit`
+    without training: the weights stay, and `fit` after it logs the same
+    losses and ends at the same weights as after a plain `compile` (batches
+    in order and no Dropout: on JAX and torch the random stream shifts)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, (40, 3)).astype("float32")
+    y = (x[:, 0] > 3.0).astype("float32")
+    runs = []
+    for prepare in ("compile", "compile_model"):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((3,))
+        hidden = keras.layers.BatchNormalization()(
+            keras.layers.Dense(4)(inputs))
+        model = keras.Model(inputs,
+                            keras.layers.Dense(1, "sigmoid")(hidden))
+        weights = [testing.to_numpy(v) for v in model.variables]
+        optimizer = keras.optimizers.Adam(1e-2)
+        if prepare == "compile":
+            model.compile(optimizer, "binary_crossentropy",
+                          metrics=["accuracy"])
+        else:
+            training.compile_model(model, optimizer, "binary_crossentropy",
+                                   x[:8], y[:8])
+            assert model.optimizer.built
+            assert len(model.optimizer.variables) == 2 + 2 * len(
+                model.trainable_variables)  # iterations, rate, Adam's slots
+            assert len(model.metrics_variables) == 4  # loss, accuracy
+            for before, variable in zip(weights, model.variables):
+                np.testing.assert_array_equal(testing.to_numpy(variable),
+                                              before)
+        history = model.fit(x, y, batch_size=8, epochs=3, verbose=0,
+                            shuffle=False).history
+        runs.append((history, [testing.to_numpy(v) for v in model.weights]))
+    (plain, plain_weights), (built, built_weights) = runs
+    np.testing.assert_allclose(built["loss"], plain["loss"], rtol=1e-6)
+    np.testing.assert_allclose(built["accuracy"], plain["accuracy"])
+    for a, b in zip(built_weights, plain_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def _small_backbone():

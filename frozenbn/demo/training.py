@@ -6,6 +6,7 @@
 - `pretrain_backbone`: a short source-domain training, then `recalibrate`,
   so the statistics are converged as after a long pretraining.
 - `build_classifier`: the bug report's Sequential head on a backbone.
+- `compile_model`: `compile`, with the step's variables created first.
 - `fit_mode_loss`: the loss of given weights as `fit` normalizes them.
 - `EvaluateOnTrainingData`, `EpochTimer`, `Progress`: callbacks.
 """
@@ -135,8 +136,9 @@ def pretrain_backbone(
             keras.layers.GlobalAveragePooling2D(),
             keras.layers.Dense(classes, activation="softmax"),
         ])
-        model.compile(keras.optimizers.Adam(learning_rate),
-                      "sparse_categorical_crossentropy", metrics=["accuracy"])
+        compile_model(model, keras.optimizers.Adam(learning_rate),
+                      "sparse_categorical_crossentropy", x[:batch_size],
+                      y[:batch_size])
         history = model.fit(x, y, batch_size=batch_size, epochs=epochs,
                             verbose=0, callbacks=[Progress(epochs, verbose)])
         accuracy = float(history.history["accuracy"][-1])
@@ -166,6 +168,23 @@ def build_classifier(backbone: keras.Model, seed: int = 0) -> keras.Model:
         keras.layers.Dropout(0.5),
         keras.layers.Dense(1, activation="sigmoid"),
     ], name="classifier")
+
+
+def compile_model(model: keras.Model, optimizer, loss: str, x, y) -> None:
+    """Compiles `model` with `accuracy`, then creates the variables that
+    `fit`'s first step would: the optimizer's and the metrics'.
+
+    TensorFlow traces a step again when its first trace created variables;
+    for ResNet50 on a CPU that second trace of `fit`'s step costs seconds.
+    With the variables made first (the optimizer built on the trainable
+    variables, one `evaluate` of the batch `(x, y)` for the metrics), the
+    step traces once. Nothing trains: the values are those `fit` creates.
+    On JAX and torch, `fit` then no longer draws a batch to build the
+    metrics, so its shuffling and Dropout take another random stream.
+    """
+    model.compile(optimizer, loss, metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    model.evaluate(x, y, batch_size=len(x), verbose=0)
 
 
 def keras_layers(model: keras.Model):
