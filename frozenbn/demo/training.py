@@ -181,6 +181,14 @@ def compile_model(model: keras.Model, optimizer, loss: str, x, y) -> None:
     step traces once. Nothing trains: the values are those `fit` creates.
     On JAX and torch, `fit` then no longer draws a batch to build the
     metrics, so its shuffling and Dropout take another random stream.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
+    >>> compile_model(model, keras.optimizers.Adam(), "mse", x, y)
+    >>> model.optimizer.built, len(model.optimizer.variables)
+    (True, 6)
     """
     model.compile(optimizer, loss, metrics=["accuracy"])
     model.optimizer.build(model.trainable_variables)
