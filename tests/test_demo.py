@@ -119,7 +119,7 @@ def test_frozen_warmup_raises_the_rate_linearly_then_holds_it():
     is the constant one."""
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
-    scenario._compile(model, 1e-4, x, y, warmup_steps=4)
+    scenario._compile(model, 1e-4, x, y, batch_size=1, warmup_epochs=1)
     rates = []
     for _ in range(6):
         rates.append(float(keras.ops.convert_to_numpy(
@@ -127,7 +127,7 @@ def test_frozen_warmup_raises_the_rate_linearly_then_holds_it():
         model.train_on_batch(x, y)
     np.testing.assert_allclose(rates, [0, 2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4],
                                rtol=1e-6, atol=1e-12)
-    scenario._compile(model, 1e-4, x, y)
+    scenario._compile(model, 1e-4, x, y, batch_size=1)
     assert float(keras.ops.convert_to_numpy(
         model.optimizer.learning_rate)) == pytest.approx(1e-4)
 
@@ -403,7 +403,7 @@ def test_compile_model_creates_the_variables_fit_would():
                           metrics=["accuracy"])
         else:
             training.compile_model(model, optimizer, "binary_crossentropy",
-                                   x[:8], y[:8])
+                                   x, y, batch_size=8)
             assert model.optimizer.built
             assert len(model.optimizer.variables) == 2 + 2 * len(
                 model.trainable_variables)  # iterations, rate, Adam's slots

@@ -281,8 +281,7 @@ def _train_arm(arm, backbone, pretrained, target, config, workdir, verbose):
     x, y = target.train
     if arm.head_first:
         arm_backbone.trainable = False
-        _compile(model, config.learning_rate, x[:config.batch_size],
-                 y[:config.batch_size])
+        _compile(model, config.learning_rate, x, y, config.batch_size)
         keras.utils.set_random_seed(config.seed)
         model.fit(x, y, batch_size=config.batch_size,
                   epochs=config.head_epochs, verbose=0,
@@ -292,8 +291,7 @@ def _train_arm(arm, backbone, pretrained, target, config, workdir, verbose):
         arm_backbone.trainable = True
     lr = config.frozen_learning_rate if arm.frozen_lr else config.learning_rate
     warmup = config.frozen_warmup_epochs if arm.frozen_lr else 0
-    _compile(model, lr, x[:config.batch_size], y[:config.batch_size],
-             warmup * math.ceil(len(x) / config.batch_size))
+    _compile(model, lr, x, y, config.batch_size, warmup)
     # The best epoch's weights are checkpointed and loaded back into the
     # same model, whose evaluate function is then already traced (a reloaded
     # `.keras` model traces its functions again).
@@ -320,16 +318,17 @@ def _train_arm(arm, backbone, pretrained, target, config, workdir, verbose):
                     config), model
 
 
-def _compile(model, learning_rate, x, y, warmup_steps=0):
+def _compile(model, learning_rate, x, y, batch_size, warmup_epochs=0):
     rate = learning_rate
-    if warmup_steps:
+    if warmup_epochs:
+        warmup_steps = warmup_epochs * math.ceil(len(x) / batch_size)
         # Linear from 0 to `learning_rate` over `warmup_steps`, then constant
         # (a cosine "decay" to alpha=1 times the target).
         rate = keras.optimizers.schedules.CosineDecay(
             0.0, decay_steps=1, alpha=1.0, warmup_target=learning_rate,
             warmup_steps=warmup_steps)
     training.compile_model(model, keras.optimizers.Adam(rate),
-                           "binary_crossentropy", x, y)
+                           "binary_crossentropy", x, y, batch_size)
 
 
 def _recalibrated_arm(arm, results, trained, target, config, workdir):

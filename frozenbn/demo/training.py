@@ -137,8 +137,7 @@ def pretrain_backbone(
             keras.layers.Dense(classes, activation="softmax"),
         ])
         compile_model(model, keras.optimizers.Adam(learning_rate),
-                      "sparse_categorical_crossentropy", x[:batch_size],
-                      y[:batch_size])
+                      "sparse_categorical_crossentropy", x, y, batch_size)
         history = model.fit(x, y, batch_size=batch_size, epochs=epochs,
                             verbose=0, callbacks=[Progress(epochs, verbose)])
         accuracy = float(history.history["accuracy"][-1])
@@ -170,14 +169,16 @@ def build_classifier(backbone: keras.Model, seed: int = 0) -> keras.Model:
     ], name="classifier")
 
 
-def compile_model(model: keras.Model, optimizer, loss: str, x, y) -> None:
+def compile_model(model: keras.Model, optimizer, loss: str, x, y,
+                  batch_size: int) -> None:
     """Compiles `model` with `accuracy`, then creates the variables that
     `fit`'s first step would: the optimizer's and the metrics'.
 
     TensorFlow traces a step again when its first trace created variables;
     for ResNet50 on a CPU that second trace of `fit`'s step costs seconds.
     With the variables made first (the optimizer built on the trainable
-    variables, one `evaluate` of the batch `(x, y)` for the metrics), the
+    variables, one `evaluate` of the first batch of `(x, y)` for the
+    metrics, which also traces the evaluation step at `batch_size`), the
     step traces once. Nothing trains: the values are those `fit` creates.
     On JAX and torch, `fit` then no longer draws a batch to build the
     metrics, so its shuffling and Dropout take another random stream.
@@ -186,13 +187,14 @@ def compile_model(model: keras.Model, optimizer, loss: str, x, y) -> None:
 
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
-    >>> compile_model(model, keras.optimizers.Adam(), "mse", x, y)
+    >>> compile_model(model, keras.optimizers.Adam(), "mse", x, y, 2)
     >>> model.optimizer.built, len(model.optimizer.variables)
     (True, 6)
     """
     model.compile(optimizer, loss, metrics=["accuracy"])
     model.optimizer.build(model.trainable_variables)
-    model.evaluate(x, y, batch_size=len(x), verbose=0)
+    model.evaluate(x[:batch_size], y[:batch_size], batch_size=batch_size,
+                   verbose=0)
 
 
 def keras_layers(model: keras.Model):

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+from frozenbn._report import write_json
 from frozenbn.demo import images
 from frozenbn.demo import scenario
 
@@ -64,9 +65,7 @@ def main(name):
                 print(json.dumps(rows[-1]), flush=True)
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                         f"{name}_backbone.json")
-    with open(path, "w") as f:
-        json.dump({"environment": result.environment, "rows": rows}, f,
-                  indent=1)
+    write_json({"environment": result.environment, "rows": rows}, path)
     print("| arm | overrides | seed | eval/fit | eval/fit-mode | fit loss "
           "| held-out acc | run s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -31,8 +31,8 @@ def measure(way):
     loss = "sparse_categorical_crossentropy"
     prepare_start = time.perf_counter()
     if way == "training.compile_model":
-        training.compile_model(model, keras.optimizers.Adam(1e-3), loss,
-                               x[:32], y[:32])
+        training.compile_model(model, keras.optimizers.Adam(1e-3), loss, x,
+                               y, batch_size=32)
     else:
         model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
         if way == "compile, optimizer built":
@@ -58,6 +58,7 @@ def measure(way):
 
 
 def main():
+    from frozenbn._report import write_json
     from frozenbn.demo import machine
 
     rows = []
@@ -69,9 +70,7 @@ def main():
     environment = machine.environment_info()
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                         f"trace_once_{environment['backend']}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"environment": environment, "rows": rows}, f, indent=1)
-        f.write("\n")
+    write_json({"environment": environment, "rows": rows}, path)
 
 
 if __name__ == "__main__":
