@@ -14,6 +14,7 @@ from typing import Tuple
 import keras
 
 from frozenbn import _checks
+from frozenbn import _keras_private
 from frozenbn import _walk
 from frozenbn.layers import BatchNormalization
 from frozenbn.layers import keras_classes
@@ -131,15 +132,15 @@ def _copy_values(layers: list, pairs: dict, seeded: dict) -> None:
         dst_layer = pairs.get(id(src_layer))
         if dst_layer is None:
             continue
-        for src, dst in zip(_walk.own_weights(src_layer),
-                            _walk.own_weights(dst_layer)):
+        for src, dst in zip(_keras_private.own_weights(src_layer),
+                            _keras_private.own_weights(dst_layer)):
             if id(src) in done:
                 continue  # a variable shared by several layers
             done.add(id(src))
             if seeded.get(id(dst)) is not src:
                 dst.assign(_fresh_copy(src))
             dst.trainable = src.trainable
-        _walk.copy_trainable_flag(src_layer, dst_layer)
+        _keras_private.copy_trainable_flag(src_layer, dst_layer)
         if type(src_layer) is BatchNormalization and type(dst_layer) is not (
             BatchNormalization
         ):
@@ -195,7 +196,7 @@ def _clone_layer(layer, seeded: dict, clones: list):
     if not isinstance(layer, keras.layers.Layer):
         return clone
     own = {}
-    for variable in _walk.own_weights(layer):
+    for variable in _keras_private.own_weights(layer):
         own.setdefault(variable.name, []).append(variable)
     add_weight = clone.add_weight
 
@@ -231,7 +232,7 @@ def _structure_mismatch(tree: _walk.Tree, pairs: Optional[dict]) -> str:
     for layer in tree.layers:
         other = pairs.get(id(layer))
         if other is None:
-            if _walk.own_weights(layer) or _walk.is_batch_norm(layer):
+            if _keras_private.own_weights(layer) or _walk.is_batch_norm(layer):
                 problem = "has no counterpart in the copy"
                 break
             continue
@@ -239,8 +240,10 @@ def _structure_mismatch(tree: _walk.Tree, pairs: Optional[dict]) -> str:
             problem = (f"is a {type(layer).__name__} but its copy is a "
                        f"{type(other).__name__}")
             break
-        expected = [(w.name, tuple(w.shape)) for w in _walk.own_weights(layer)]
-        got = [(w.name, tuple(w.shape)) for w in _walk.own_weights(other)]
+        expected = [(w.name, tuple(w.shape))
+                    for w in _keras_private.own_weights(layer)]
+        got = [(w.name, tuple(w.shape))
+               for w in _keras_private.own_weights(other)]
         if expected and expected != got:
             problem = f"has weights {expected}, its copy {got}"
             break

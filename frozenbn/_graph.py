@@ -15,6 +15,7 @@ from typing import Optional
 import keras
 
 from frozenbn import _clone
+from frozenbn import _keras_private
 from frozenbn import _walk
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def copy_graph(model: keras.Model, clone: Callable) -> keras.Model:
             model, clone_function=clone, call_function=_call_replacement
         )
     # The container's own flag (its layers' flags come with their configs).
-    _walk.copy_trainable_flag(model, copy)
+    _keras_private.copy_trainable_flag(model, copy)
     return copy
 
 
@@ -127,7 +128,7 @@ def _copy_sequential(model, clone) -> keras.Sequential:
             layers += new.layers
         elif not isinstance(new, Removed):
             layers.append(new)
-    first = _walk.sequential_input_layer(model)
+    first = _keras_private.sequential_input_layer(model)
     if first is not None:
         inputs = keras.Input(
             batch_shape=first.batch_shape,
@@ -198,7 +199,7 @@ def private_copy(model, error: Exception, tool: str):
         ) from copy_error
     names = {
         pairs[id(layer)].name: layer.name
-        for layer in _walk.iter_layers(model)
+        for layer in _keras_private.iter_layers(model)
         if id(layer) in pairs
     }
     return private, names
@@ -224,10 +225,10 @@ def owners_in_graph(model) -> dict:
     custom node layer is reached only through that layer's own `call`.
     """
     owners = {}
-    for op in _walk.graph_operations(model):
+    for op in _keras_private.graph_operations(model):
         if _walk.is_graph_model(op):
             owners.update(owners_in_graph(op))
         elif isinstance(op, keras.layers.Layer):
-            for layer in _walk.iter_layers(op):
+            for layer in _keras_private.iter_layers(op):
                 owners.setdefault(id(layer), op)
     return owners

@@ -17,6 +17,7 @@ import keras
 
 from frozenbn import _checks
 from frozenbn import _graph
+from frozenbn import _keras_private
 from frozenbn import _walk
 from frozenbn._backend import native
 
@@ -145,7 +146,7 @@ class Rewriter:
                 self.finish(layer, bn, new)
         merged = {
             id(layer.batch_norm): layer.name
-            for layer in _walk.iter_layers(model)
+            for layer in _keras_private.iter_layers(model)
             if getattr(layer, "merges_batch_norm", False)
         }
         owners = _graph.owners_in_graph(model)
@@ -229,7 +230,7 @@ class Rewriter:
 
     def _plan_functional(self, model, path) -> Dict[int, keras.layers.Layer]:
         # Input-to-output order: the report reads in the order of the model.
-        nodes = _walk.graph_nodes(model)
+        nodes = _keras_private.graph_nodes(model)
         calls = Counter(id(node.operation) for node in nodes)
         consumers = Counter()
         for node in nodes:
@@ -243,7 +244,7 @@ class Rewriter:
                 continue
             self.handled.add(id(bn))
             x = node.arguments.args[0] if node.arguments.args else None
-            producer = _walk.producer(x)
+            producer = _keras_private.producer(x)
             if producer is None:
                 self.left.append((f"{path}/{bn.name}",
                                   "its input is not a tensor of the model graph"))

@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from frozenbn import _compile
+from frozenbn import _keras_private
 from frozenbn import _math
 from frozenbn import _walk
 from frozenbn._backend import native
@@ -53,7 +54,7 @@ def uses_batch_statistics_in_fit(model: keras.layers.Layer) -> Dict[int, bool]:
     hands `fit`'s `training=True` to every layer that takes `training`.
     """
     forced = set()
-    for layer in _walk.iter_layers(model):
+    for layer in _keras_private.iter_layers(model):
         if isinstance(layer, Frozen) and layer.frozen:
             forced.update(id(bn) for bn in _walk.batch_norm_layers(layer))
     return {
@@ -153,7 +154,7 @@ class StatisticsPass:
                 # layer that `training` changes (Keras's dropout and noise
                 # layers, BN layers not measured) in inference mode.
                 measured = {id(layer) for layer in self._program.layers}
-                for layer in _walk.iter_layers(self._model):
+                for layer in _keras_private.iter_layers(self._model):
                     if id(layer) in measured or not isinstance(
                         layer, _INFERENCE_DURING_PASS
                     ):

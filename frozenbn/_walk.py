@@ -2,41 +2,22 @@
 
 Every layer once, nested models and sublayers of custom layers included,
 and which layer of a copy stands for which of the original. Keras keeps the
-layer tree behind private attributes; this module reads them.
+layer tree behind private attributes; `_keras_private` reads them.
 """
 
 from collections import deque
 from typing import Callable
 from typing import Dict
-from typing import Iterator
-from typing import List
 from typing import Optional
 
 import keras
-from keras.src.models.functional import Functional
 
 from frozenbn import _checks
+from frozenbn import _keras_private
 from frozenbn.layers import KERAS_BATCH_NORMALIZATION
 from frozenbn.layers import BatchNormalization as _FrozenBatchNormalization
 
 LayerPredicate = Optional[Callable[[keras.layers.Layer], bool]]
-
-
-def iter_layers(root: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
-    """Yields `root` and every layer nested in it, each exactly once.
-
-    The order is breadth first and deterministic for a given structure.
-    Bare `keras.Operation` nodes of Functional graphs (`x + 1`, `ops.pad`)
-    are not layers and are not yielded.
-    """
-    # `_flatten_layers` deduplicates shared layers and descends into nested
-    # models, wrappers and sublayers of subclassed layers.
-    yield from root._flatten_layers(include_self=True, recursive=True)
-
-
-def children(layer: keras.layers.Layer) -> List[keras.layers.Layer]:
-    """The layers directly tracked by `layer` (not their sublayers)."""
-    return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
 def is_batch_norm(layer: keras.layers.Layer) -> bool:
@@ -55,13 +36,13 @@ class Tree:
     """A model's layers from one walk, shared by the steps of one tool.
 
     `convert` checks, copies and swaps from one `Tree`, so the model is
-    walked once (`match` then pairs it with its copy). `layers` is
-    `iter_layers(root)`; paths are computed only when a message needs one.
+    walked once (`match` then pairs it with its copy). `layers` holds every
+    layer, breadth first; paths are computed only when a message needs one.
     """
 
     def __init__(self, root: keras.layers.Layer):
         self.root = root
-        self.layers = list(iter_layers(root))
+        self.layers = list(_keras_private.iter_layers(root))
         self._paths = None
 
     def batch_norm_layers(self, include: LayerPredicate = None) -> list:
@@ -106,7 +87,8 @@ def is_graph_model(layer) -> bool:
     backbones and task models) are Functional; subclassed models whose
     structure lives in their `call` are not.
     """
-    return isinstance(layer, (keras.Sequential, Functional))
+    return (isinstance(layer, keras.Sequential)
+            or _keras_private.is_functional(layer))
 
 
 def check_graph_model(model, function_name: str,
@@ -143,52 +125,6 @@ def check_built(model: keras.layers.Layer, function_name: str) -> None:
         )
 
 
-def own_weights(layer: keras.layers.Layer) -> list:
-    """The variables `layer` itself created (not its sublayers'), in order."""
-    weights, seen = [], set()
-    for variable in list(getattr(layer, "_trainable_variables", [])) + list(
-        getattr(layer, "_non_trainable_variables", [])
-    ):
-        if id(variable) not in seen:
-            seen.add(id(variable))
-            weights.append(variable)
-    return weights
-
-
-def graph_nodes(model) -> list:
-    """The operation nodes of a Functional model, inputs to outputs (deepest
-    first), input nodes left out."""
-    by_depth = model._nodes_by_depth
-    return [node for depth in sorted(by_depth, reverse=True)
-            for node in by_depth[depth] if not node.is_input]
-
-
-def producer(tensor):
-    """The operation that made a symbolic tensor of a graph, or None."""
-    history = getattr(tensor, "_keras_history", None)
-    return None if history is None else history.operation
-
-
-def graph_operations(model) -> list:
-    """The operations (layers and bare ops) a Sequential or Functional model
-    calls, nested models as one operation each."""
-    if isinstance(model, keras.Sequential):
-        return model.layers
-    return getattr(model, "_operations", [])
-
-
-def copy_trainable_flag(source, target) -> None:
-    """`target`'s own `trainable` flag set to `source`'s, without the public
-    setter, which would also overwrite the flags of its sublayers."""
-    target._trainable = source._trainable
-
-
-def sequential_input_layer(model):
-    """The `InputLayer` a Sequential model was built with, or None."""
-    first = model._layers[0] if model._layers else None
-    return first if isinstance(first, keras.layers.InputLayer) else None
-
-
 def paths(root: keras.layers.Layer) -> Dict[int, str]:
     """`id(layer) -> "root/child/grandchild"` for every layer in `root`.
 
@@ -199,7 +135,7 @@ def paths(root: keras.layers.Layer) -> Dict[int, str]:
     queue = deque([root])
     while queue:
         parent = queue.popleft()
-        for child in children(parent):
+        for child in _keras_private.children(parent):
             if id(child) not in found:
                 found[id(child)] = f"{found[id(parent)]}/{child.name}"
                 queue.append(child)
@@ -220,7 +156,8 @@ def match(
     queue = deque([(source, copy)])
     while queue:
         src, dst = queue.popleft()
-        for a, b in _pair_children(children(src), children(dst)):
+        for a, b in _pair_children(_keras_private.children(src),
+                                    _keras_private.children(dst)):
             if id(a) not in pairs:
                 pairs[id(a)] = b
                 queue.append((a, b))

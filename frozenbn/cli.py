@@ -220,14 +220,14 @@ def _run_demo(args) -> int:
 
 def _run_convert(args) -> int:
     import frozenbn
-    from frozenbn import _walk
+    from frozenbn import _keras_private
 
     model = _load_model(args.input)
     _check_output(args.output, args.input)
     frozen = not args.unfrozen
     converted = frozenbn.convert(model, frozen=frozen)
     count = sum(isinstance(layer, frozenbn.BatchNormalization)
-                for layer in _walk.iter_layers(converted))
+                for layer in _keras_private.iter_layers(converted))
     if args.fold:
         from frozenbn.fold import fold
 

@@ -12,6 +12,7 @@ from typing import Optional
 import keras
 
 from frozenbn import _checks
+from frozenbn import _keras_private
 from frozenbn._backend import native
 
 _PACKAGE = "frozenbn"
@@ -242,14 +243,8 @@ class Frozen(keras.layers.Wrapper):
     def call(self, inputs, training=None):
         if not self.frozen:
             return self.layer(inputs, training=training)
-        # The call context is shared with the whole outer call: restore its
-        # `training` so later layers do not inherit False (Dropout off).
-        context = self._get_call_context()
-        outer_training = context.get_value("training")
-        try:
+        with _keras_private.outer_training_kept(self):
             return self.layer(inputs, training=False)
-        finally:
-            context.set_value("training", outer_training)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

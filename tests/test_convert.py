@@ -397,11 +397,12 @@ def test_convert_walks_the_model_once(monkeypatch, resnet):
     # The plan (`_walk.Tree`) is the one walk that checking, copying and
     # swapping share; `match` then pairs the model with its copy level by
     # level, and paths are computed only for a message.
+    from frozenbn import _keras_private
     from frozenbn import _walk
 
     roots, path_walks = [], []
-    iter_layers, paths = _walk.iter_layers, _walk.paths
-    monkeypatch.setattr(_walk, "iter_layers",
+    iter_layers, paths = _keras_private.iter_layers, _walk.paths
+    monkeypatch.setattr(_keras_private, "iter_layers",
                         lambda root: roots.append(root) or iter_layers(root))
     monkeypatch.setattr(_walk, "paths",
                         lambda root: path_walks.append(root) or paths(root))

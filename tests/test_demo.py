@@ -461,7 +461,7 @@ def test_arm_preparations():
     # Keras BN trainable=False reaches nested models too, and nothing else.
     backbone = demo_arms.ARMS["keras_bn_frozen"].prepare(
         _small_backbone(), x)
-    bns = [l for l in frozenbn._walk.iter_layers(backbone)
+    bns = [l for l in frozenbn._keras_private.iter_layers(backbone)
            if isinstance(l, keras.layers.BatchNormalization)]
     assert len(bns) == 2 and not any(bn.trainable for bn in bns)
     assert backbone.layers[0].trainable and backbone.layers[2].layers[0].trainable
@@ -473,7 +473,7 @@ def test_arm_preparations():
     converted = demo_arms.ARMS["frozenbn"].prepare(_small_backbone(), x)
     converted.trainable = False
     converted.trainable = True
-    bns = [l for l in frozenbn._walk.iter_layers(converted)
+    bns = [l for l in frozenbn._keras_private.iter_layers(converted)
            if isinstance(l, frozenbn.BatchNormalization)]
     assert len(bns) == 2 and all(bn.frozen and bn.trainable for bn in bns)
 

@@ -34,7 +34,7 @@ def _assert_same_predictions(model, folded, x):
 def _bn_after_foldable(model):
     """Names of BN layers whose input comes straight from a foldable layer."""
     found = []
-    for layer in frozenbn._walk.iter_layers(model):
+    for layer in frozenbn._keras_private.iter_layers(model):
         if frozenbn._walk.is_batch_norm(layer):
             for node in layer._inbound_nodes:
                 for tensor in node.input_tensors:

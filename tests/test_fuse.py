@@ -28,7 +28,7 @@ def _frozen(model, seed=0):
 
 
 def _set_mode(model, mode):
-    for layer in frozenbn._walk.iter_layers(model):
+    for layer in frozenbn._keras_private.iter_layers(model):
         if isinstance(layer, FusedBatchNorm):
             layer._mode = mode
 
@@ -300,7 +300,7 @@ def test_unfuse_gives_back_the_trained_layers(tmp_path):
     assert "conv" in [layer.name for layer in unfused.layers[0].layers]
     assert not any(
         isinstance(layer, FusedBatchNorm)
-        for layer in frozenbn._walk.iter_layers(unfused)
+        for layer in frozenbn._keras_private.iter_layers(unfused)
     )
     for a, b in zip(fused.weights, unfused.weights):
         assert a.path == b.path and a.trainable == b.trainable

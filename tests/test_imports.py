@@ -1,7 +1,8 @@
 """The package's imports run the way the house is built: the library never
 imports the demo or the command line, nor the package root; the demo uses
 the library's public names and its I/O helpers (`_report`, `_images`); the
-command line reaches the demo through `frozenbn.demo`'s public names."""
+command line reaches the demo through `frozenbn.demo`'s public names; only
+`frozenbn._keras_private` reads Keras's private API."""
 
 import ast
 import glob
@@ -88,3 +89,63 @@ def test_only_the_backend_package_imports_a_backend_library():
                 module)
     assert importing and all(
         path.startswith("_backend" + os.sep) for path in importing), importing
+
+
+# Attributes with a leading underscore that are public API (namedtuple's).
+_PUBLIC_UNDERSCORE = {"_asdict", "_replace", "_fields", "_make"}
+
+
+def _private_reads(tree, own):
+    """`(line, text)` for each `keras.src` import in `tree` and each read of a
+    `_private` attribute that frozenbn does not define itself (`own`), on
+    `self` too (a Keras base class's private method)."""
+    def private(name):
+        return (name.startswith("_") and not name.startswith("__")
+                and name not in _PUBLIC_UNDERSCORE and name not in own)
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            modules = [node.module or ""]
+        else:
+            modules = []
+        found += [(node.lineno, m) for m in modules
+                  if m.split(".")[:2] == ["keras", "src"]]
+        if isinstance(node, ast.Attribute) and private(node.attr):
+            found.append((node.lineno, ast.unparse(node)))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr", "setattr")
+                and len(node.args) > 1
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+                and private(node.args[1].value)):
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_only_keras_private_reads_the_private_keras_api():
+    paths = sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"),
+                             recursive=True))
+    trees = {path: ast.parse(open(path, encoding="utf-8").read())
+             for path in paths}
+    # What frozenbn defines: attributes it sets on `self`, its functions
+    # and methods, and its modules' private names.
+    own = {os.path.basename(path)[:-3] for path in paths}
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute)
+                    and isinstance(node.ctx, ast.Store)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "self"):
+                own.add(node.attr)
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                own.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx,
+                                                           ast.Store):
+                own.add(node.id)
+    reads = {os.path.relpath(path, PACKAGE): _private_reads(tree, own)
+             for path, tree in trees.items()}
+    assert len(reads.pop("_keras_private.py")) >= 10  # the check sees them
+    assert not {path: found for path, found in reads.items() if found}

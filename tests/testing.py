@@ -193,10 +193,12 @@ def assert_pairs_exact(model, rewrite, pairs):
     (`rounding_floor`).
     """
     from frozenbn import _clone
+    from frozenbn import _keras_private
     from frozenbn import _walk
 
     paths = _walk.paths(model)
-    at = {paths[id(layer)]: layer for layer in _walk.iter_layers(model)}
+    at = {paths[id(layer)]: layer
+          for layer in _keras_private.iter_layers(model)}
     rng = np.random.default_rng(0)
     for names in pairs:
         layers = [at[path] for path in names]

@@ -308,6 +308,7 @@ class Progress(keras.callbacks.Callback):
     def __init__(self, epochs: int, verbose: int):
         super().__init__()
         self.verbose = verbose
+        self.epochs_done = 0
         self.bar = keras.utils.Progbar(
             epochs, verbose=verbose, unit_name="epoch",
             stateful_metrics=["loss", "eval_loss"],
@@ -316,8 +317,10 @@ class Progress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         values = [(k, logs[k]) for k in ("loss", "eval_loss") if k in logs]
-        self.bar.update(epoch + 1, values=values)
+        self.epochs_done = epoch + 1
+        self.bar.update(self.epochs_done, values=values)
 
     def on_train_end(self, logs=None):
-        if self.verbose and self.bar._seen_so_far < self.bar.target:
+        # Early stopping ends before the last epoch: close the bar.
+        if self.verbose and self.epochs_done < self.bar.target:
             self.bar.update(self.bar.target, finalize=True)
