@@ -95,41 +95,37 @@ def test_only_the_backend_package_imports_a_backend_library():
 _PUBLIC_UNDERSCORE = {"_asdict", "_replace", "_fields", "_make"}
 
 
-def _private_reads(tree, own):
-    """`(line, text)` for each `keras.src` import in `tree` and each read of a
-    `_private` attribute that frozenbn does not define itself (`own`), on
-    `self` too (a Keras base class's private method)."""
+def _private_reads(path, tree, own):
+    """`"import keras.src..."` for each `keras.src` import in `path`, and
+    `"line: text"` for each read of a `_private` attribute in its `tree` that
+    frozenbn does not define itself (`own`), on `self` too (a Keras base
+    class's private method)."""
     def private(name):
         return (name.startswith("_") and not name.startswith("__")
                 and name not in _PUBLIC_UNDERSCORE and name not in own)
 
-    found = []
+    found = [f"import {module}" for module, _ in _imports(path, ("keras",))
+             if module.split(".")[:2] == ["keras", "src"]]
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            modules = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            modules = [node.module or ""]
-        else:
-            modules = []
-        found += [(node.lineno, m) for m in modules
-                  if m.split(".")[:2] == ["keras", "src"]]
         if isinstance(node, ast.Attribute) and private(node.attr):
-            found.append((node.lineno, ast.unparse(node)))
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                 and node.func.id in ("getattr", "hasattr", "setattr")
                 and len(node.args) > 1
                 and isinstance(node.args[1], ast.Constant)
                 and isinstance(node.args[1].value, str)
                 and private(node.args[1].value)):
-            found.append((node.lineno, ast.unparse(node)))
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
     return found
 
 
 def test_only_keras_private_reads_the_private_keras_api():
     paths = sorted(glob.glob(os.path.join(PACKAGE, "**", "*.py"),
                              recursive=True))
-    trees = {path: ast.parse(open(path, encoding="utf-8").read())
-             for path in paths}
+    trees = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            trees[path] = ast.parse(f.read())
     # What frozenbn defines: attributes it sets on `self`, its functions
     # and methods, and its modules' private names.
     own = {os.path.basename(path)[:-3] for path in paths}
@@ -145,7 +141,7 @@ def test_only_keras_private_reads_the_private_keras_api():
             elif isinstance(node, ast.Name) and isinstance(node.ctx,
                                                            ast.Store):
                 own.add(node.id)
-    reads = {os.path.relpath(path, PACKAGE): _private_reads(tree, own)
+    reads = {os.path.relpath(path, PACKAGE): _private_reads(path, tree, own)
              for path, tree in trees.items()}
     assert len(reads.pop("_keras_private.py")) >= 10  # the check sees them
     assert not {path: found for path, found in reads.items() if found}
