@@ -47,7 +47,7 @@ def main(argv=None):
     model = keras.Model(inputs, outputs)
 
     # Frozen statistics want a smaller learning rate than stock BN.
-    model.compile(keras.optimizers.Adam(1e-4),
+    model.compile(keras.optimizers.Adam(1e-5),
                   "sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(train, validation_data=val, epochs=args.epochs)
     fit_loss = history.history["loss"][-1]

@@ -197,11 +197,8 @@ def _check_audit_reads_the_gap(path):
     one.
 
     The ranking is each layer's own drift (upstream layers as in `fit`), not
-    its share of the gap: drift compounds downstream, so on a reproducible
-    seed recalibrating the five best-ranked layers (early ones) closed more
-    of the gap than the five worst-ranked, and recalibrating a deep layer
-    alone, over stale upstream statistics, raised its own score. docs/usage.md
-    says so; this checks what holds."""
+    its share of the gap: recalibrating a layer changes what the layers
+    downstream receive. docs/usage.md says so; this checks what holds."""
     from frozenbn import _advice
 
     target = demo_images.load_demo_data().target.train
