@@ -454,21 +454,25 @@ def readme_block(results_dir: str) -> str:
     """The README's table: per arm of `README_ARMS`, over every seed of the
     results files in `DOCS`, at batch 32 and at smaller batches, the
     evaluate/fit loss ratio (median and worst), the held-out accuracy (mean
-    and worst) and on how many seeds the arm was the best of those four."""
+    and worst) and on how many seeds the arm was the best of those four.
+    Below it, for each remedy whose worst eval/fit is above
+    `CONSISTENT_RATIO`, that run and its eval/fit-mode, which says whether
+    BN is the cause."""
     groups = {"32": [], "4-16": []}
-    for _, runs in _docs_runs(results_dir):
+    for file, runs in _docs_runs(results_dir):
         for run in runs:
             if all(arm in run.names for arm in README_ARMS):
                 key = "32" if run.config["batch_size"] >= 32 else "4-16"
-                groups[key].append(run)
+                groups[key].append((file, run))
     header = ["arm"]
-    for key, runs in groups.items():
+    for key in groups:
         header += [f"batch {key}: eval/fit, median (worst)",
                    "held-out acc, mean (worst)", "best arm"]
-    rows = []
+    rows, worst = [], []
     for name in README_ARMS:
-        row = [groups["32"][0].arm(name).label]
-        for runs in groups.values():
+        row = [groups["32"][0][1].arm(name).label]
+        for pairs in groups.values():
+            runs = [run for _, run in pairs]
             ratios = [run.arm(name).ratio for run in runs]
             held = [run.arm(name).heldout_accuracy for run in runs]
             best = sum(max(README_ARMS, key=lambda a: run.arm(a).heldout_accuracy)
@@ -476,8 +480,26 @@ def readme_block(results_dir: str) -> str:
             row += [f"{np.median(ratios):.3g} ({max(ratios):.3g})",
                     f"{np.mean(held):.3f} ({min(held):.3f})",
                     f"{best} of {len(runs)} seeds"]
+            file, run = pairs[int(np.argmax(ratios))]
+            if name != "stock" and max(ratios) > results_lib.CONSISTENT_RATIO:
+                worst.append(_worst_run(file, run, run.arm(name)))
         rows.append(row)
-    return _report.format_table(header, rows, markdown=True)
+    table = _report.format_table(header, rows, markdown=True)
+    if not worst:
+        return table
+    return (f"{table}\n\nA remedy's worst eval/fit above "
+            f"{results_lib.CONSISTENT_RATIO:g}: {'; '.join(worst)}.")
+
+
+def _worst_run(file: str, run, arm) -> str:
+    """One remedy's worst run: where, its eval/fit, and whether BN made it."""
+    where = (f"{arm.label} at batch {run.config['batch_size']}, seed "
+             f"{run.config['seed']} (`{file}`), eval/fit {arm.ratio:.3g}")
+    if arm.statistics_ratio is None:
+        return f"{where}, recorded without eval/fit-mode"
+    cause = ("BN is not the cause" if arm.statistics_ratio
+             <= results_lib.CONSISTENT_RATIO else "BN makes it")
+    return f"{where} with eval/fit-mode {arm.statistics_ratio:.3g}: {cause}"
 
 
 def docs_block(payload: dict, name: str) -> str:

@@ -141,15 +141,24 @@ def test_docs_show_the_audit_picks_of_the_committed_runs():
 
 def test_readme_shows_the_committed_gap_results():
     """The README's table is the one generated from every committed results
-    file that a docs page shows; its best-arm counts add up per seed."""
+    file that a docs page shows; its best-arm counts add up per seed, and
+    each remedy's worst eval/fit above 1.5 is explained below it."""
     gap = _load_gap()
     block = gap.readme_block(testing.RESULTS)
     _assert_shows(gap, gap.README_TABLE, block)
-    rows = [line.split(" | ") for line in block.splitlines()[2:]]
+    lines = block.splitlines()
+    rows = [line.split(" | ") for line in lines[2:] if line.startswith("| ")]
     assert len(rows) == len(gap.README_ARMS)
     for column, seeds in ((3, 11), (6, 8)):
         best = [int(row[column].split(" of ")[0]) for row in rows]
         assert sum(best) == seeds, best
+    remedies = [row[0].lstrip("| ") for row in rows[1:]]
+    explained = [label for row, label in zip(rows[1:], remedies)
+                 if max(float(row[c].split("(")[1].rstrip(")"))
+                        for c in (1, 4)) > 1.5]
+    assert explained, "the committed runs have a remedy above 1.5"
+    for label in explained:
+        assert f"{label} at batch " in lines[-1], lines[-1]
 
 
 def test_docs_refuse_a_results_file_no_page_shows(tmp_path):
