@@ -148,6 +148,13 @@ def _source(data: Any, steps: Optional[int], batch_size: int):
             "The first element of an `x` tuple must be the input array(s). "
             f"Received: {type(data[0]).__name__}."
         )
+    if isinstance(data, list) and data and all(
+            isinstance(leaf, (int, float, np.number))
+            for leaf in keras.tree.flatten(data)):
+        raise TypeError(
+            "`x` is a (nested) Python list of numbers. Pass an array, e.g. "
+            "`np.asarray(x, dtype='float32')`."
+        )
     if _is_tf_dataset(data):
         if int(data.cardinality()) == -1 and steps is None:  # INFINITE
             raise ValueError(

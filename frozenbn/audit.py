@@ -6,6 +6,7 @@ remedy rule itself lives in `_advice`.
 
 import dataclasses
 import logging
+import warnings
 from typing import Any
 from typing import List
 from typing import Optional
@@ -25,7 +26,7 @@ from frozenbn import _stats
 logger = logging.getLogger(__name__)
 
 _REMEDIES = (
-    "Remedies (see docs/findings.md): (1) fit's batch statistics "
+    "Remedies: (1) fit's batch statistics "
     f"close to the moving ones (drift score at most {_advice.DRIFT_SCORE:g} "
     "at the batch size you train with): train as usual, then "
     "`frozenbn.recalibrate(model, "
@@ -291,6 +292,14 @@ def audit(
         if pooled.called(layer)
     ]
     audits.sort(key=lambda a: a.score, reverse=True)
+    if batch_size is not None and tally.largest < batch_size:
+        warnings.warn(
+            f"frozenbn.audit: `x` holds {tally.samples} sample(s), fewer than "
+            f"batch_size={batch_size}, so it audited batches of "
+            f"{tally.largest}: the drift scores and the recommendation are "
+            f"for that batch size. Pass at least {batch_size} samples to "
+            f"audit training at batch size {batch_size}.",
+            stacklevel=3)  # the caller of the argument-order decorator
     return AuditReport(model_name=model.name, layers=audits, **tally.result())
 
 

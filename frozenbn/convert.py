@@ -29,7 +29,8 @@ def convert(
     a copy is made (Sequential and Functional models, nested ones, models
     loaded from `.keras`) and `model` is not touched; `inplace=True`
     converts the given object, subclassed models included (compile it
-    again then). Idempotent. docs/usage.md has the details.
+    again then). Idempotent; a call that changes nothing warns. docs/usage.md
+    has the details.
 
     Args:
         model: A built `keras.Model` (or, with `inplace=True`, any layer).
@@ -57,10 +58,16 @@ def convert(
     tree = _walk.Tree(model)
     selected = tree.batch_norm_layers(include)
     _check_convertible(selected)
+    why = None
     if not selected:
         count = len(tree.batch_norm_layers())
         why = (f"`include` selects none of its {count} BatchNormalization "
                "layer(s)" if count else "it has no BatchNormalization layer")
+    elif all(isinstance(layer, BatchNormalization) and layer.frozen == frozen
+             for layer in selected):
+        why = (f"its {len(selected)} selected BatchNormalization layer(s) "
+               f"were frozenbn's already, with frozen={frozen}")
+    if why:
         _checks.warn_unchanged(
             "convert", why, "the model as it was" if inplace else "a plain copy")
     if inplace:

@@ -12,6 +12,7 @@ import numpy as np
 from frozenbn import _checks
 from frozenbn import _data
 from frozenbn import _stats
+from frozenbn import _walk
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +66,15 @@ def recalibrate(
     layers, skipped = _stats.measurable_layers(
         model, include, logger, "; its statistics are left unchanged")
     if not layers:
-        if not skipped:
-            logger.warning(
-                "recalibrate: model '%s' has no BatchNormalization layer "
-                "to recalibrate.",
-                model.name,
-            )
+        if skipped:
+            why = ("every BatchNormalization layer of "
+                   f"'{model.name}' is a custom subclass it skips")
+        elif include is not None and _walk.batch_norm_layers(model):
+            why = "`include` selects none of its BatchNormalization layers"
+        else:
+            why = f"model '{model.name}' has no BatchNormalization layer"
+        # stacklevel 3: the caller of the decorator that keeps the old order.
+        _checks.warn_unchanged("recalibrate", why, stacklevel=3)
         return 0
 
     batches = _data.iter_batches(x, steps=steps, batch_size=batch_size)

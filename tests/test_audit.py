@@ -202,3 +202,16 @@ def test_steps_limit_the_batches_audited():
     assert isinstance(report, AuditReport)
     assert (report.steps, report.samples) == (1, 4)
     assert len(report.layers) == 2
+
+
+def test_fewer_samples_than_the_batch_size_warns_and_says_what_it_audited():
+    model = _two_bn_model()
+    x, y = _data(n=12)
+    with pytest.warns(UserWarning, match=r"^frozenbn.audit: `x` holds 12 "
+                      r"sample\(s\), fewer than batch_size=32, so it audited "
+                      r"batches of 12"):
+        report = audit(model, (x, y), batch_size=32, verbose=0)
+    assert report.batch_size == 12
+    assert "at batch size 12" in str(report.recommendation)
+    with testing.no_frozenbn_warnings(UserWarning):
+        assert audit(model, (x, y), batch_size=12, verbose=0).batch_size == 12

@@ -126,7 +126,11 @@ def test_subclassed_models_need_inplace():
 
 def test_converting_a_converted_model_is_idempotent():
     once = frozenbn.convert(_model())
-    twice = frozenbn.convert(once)
+    with pytest.warns(UserWarning, match=r"^frozenbn.convert changed nothing: "
+                      r"its 2 selected BatchNormalization layer\(s\) were "
+                      r"frozenbn's already, with frozen=True. The result is a "
+                      r"plain copy"):
+        twice = frozenbn.convert(once)
     assert twice is not once
     assert [type(l) for l in twice.layers] == [type(l) for l in once.layers]
     assert [l.frozen for l in twice.layers if hasattr(l, "frozen")] == [
@@ -140,13 +144,15 @@ def test_converting_a_converted_model_is_idempotent():
         testing.to_numpy(twice(x, training=True)),
     )
     before = _state(once)
-    assert frozenbn.convert(once, inplace=True) is once
+    with pytest.warns(UserWarning, match="the model as it was"):
+        assert frozenbn.convert(once, inplace=True) is once
     _assert_unchanged(once, before)
     with pytest.warns(UserWarning, match=r"freeze changed nothing: its 2 "
                       r"selected layer\(s\) already had frozen=True"):
         assert frozenbn.freeze(once) == 0
     # Converting again with another flag only sets the flag.
-    unfrozen = frozenbn.convert(once, frozen=False)
+    with testing.no_frozenbn_warnings(UserWarning):
+        unfrozen = frozenbn.convert(once, frozen=False)
     assert [l.frozen for l in unfrozen.layers if hasattr(l, "frozen")] == [
         False,
         False,
@@ -437,3 +443,14 @@ def test_configs_from_a_newer_frozenbn_are_refused_not_misread():
         # Configs written before versioning read as version 1.
         unversioned = {k: v for k, v in config.items() if k != "config_version"}
         assert type(layer).from_config(unversioned).frozen is True
+
+
+def test_nested_python_lists_are_refused_with_what_to_do():
+    model = _model()
+    before = _state(model)
+    x = np.ones((4, 3)).tolist()
+    for tool in (frozenbn.recalibrate, frozenbn.audit):
+        with pytest.raises(TypeError, match=r"`x` is a \(nested\) Python list "
+                           r"of numbers. Pass an array"):
+            tool(model, x, verbose=0)
+    _assert_unchanged(model, before)

@@ -172,7 +172,9 @@ def test_convert_says_when_it_changes_nothing():
 
 def test_idempotent_and_flag_applied(resnet):
     once = frozenbn.convert(resnet)
-    twice = frozenbn.convert(once)
+    with pytest.warns(UserWarning, match=r"changed nothing: its 53 selected "
+                      r"BatchNormalization layer\(s\) were frozenbn's"):
+        twice = frozenbn.convert(once)
     assert _classes(once) == _classes(twice)
     testing.assert_weights_equal(once, twice)
     x = _images(2)

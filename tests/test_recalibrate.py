@@ -338,8 +338,24 @@ def test_failure_mid_pass_changes_nothing():
 def test_rejects_non_models_and_handles_models_without_bn():
     with pytest.raises(TypeError, match="recalibrate"):
         recalibrate("model.keras", np.zeros((2, 2)))
-    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    assert recalibrate(plain, np.zeros((2, 2)), verbose=0) == 0
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)],
+                             name="plain")
+    with pytest.warns(UserWarning, match=r"^frozenbn.recalibrate changed "
+                      r"nothing: model 'plain' has no BatchNormalization"):
+        assert recalibrate(plain, np.zeros((2, 2)), verbose=0) == 0
+
+
+def test_a_call_that_measures_no_layer_warns():
+    x = np.ones((4, 3), "float32")
+    model = _statistics_model()
+    with pytest.warns(UserWarning, match=r"changed nothing: `include` "
+                      "selects none of its BatchNormalization layers"):
+        assert recalibrate(model, x, verbose=0, include=lambda l: False) == 0
+    custom = keras.Sequential([keras.Input((3,)), _ShiftedBN()], name="m")
+    with pytest.warns(UserWarning, match=r"changed nothing: every "
+                      r"BatchNormalization layer of 'm' is a custom subclass"):
+        assert recalibrate(custom, x, verbose=0) == 0
+    np.testing.assert_array_equal(_stats(model.layers[0])[0], np.zeros(3))
 
 
 def test_mixed_precision_layer_statistics_in_float32():
