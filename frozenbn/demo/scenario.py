@@ -245,8 +245,10 @@ def pretrained_backbone(config: ScenarioConfig, source: images.Domain,
                                        config.backbone)
     if config.weights not in (None, "none"):
         return backbone, {}
-    _say(verbose, f"pretraining on the source domain "
-                  f"({len(source.train.x)} images)")
+    count = len(source.train.x)
+    _say(verbose, f"pretraining on the source domain ({count} images)"
+         if config.pretrain_epochs else "no pretraining epochs: the BN "
+         f"statistics of the source domain ({count} images) only")
     return backbone, training.pretrain_backbone(
         backbone, *source.train, epochs=config.pretrain_epochs,
         batch_size=config.pretrain_batch_size or config.batch_size,
