@@ -305,7 +305,8 @@ def _check_output(output: str, input_path: str) -> None:
     if not output.endswith(".keras"):
         raise CliError(f"the output file must end in .keras: {output}")
     if os.path.abspath(output) == os.path.abspath(input_path):
-        raise CliError(f"refusing to overwrite the input file {input_path}")
+        raise CliError(f"refusing to overwrite the input file {input_path}; "
+                       "give another output file")
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise CliError(f"output folder does not exist: {folder}")

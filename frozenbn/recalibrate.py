@@ -67,7 +67,7 @@ def recalibrate(
         model, include, logger, "; its statistics are left unchanged")
     if not layers:
         if skipped:
-            why = ("every BatchNormalization layer of "
+            why = ("every selected BatchNormalization layer of "
                    f"'{model.name}' is a custom subclass it skips")
         elif include is not None and _walk.batch_norm_layers(model):
             why = "`include` selects none of its BatchNormalization layers"

@@ -352,7 +352,7 @@ def test_a_call_that_measures_no_layer_warns():
                       "selects none of its BatchNormalization layers"):
         assert recalibrate(model, x, verbose=0, include=lambda l: False) == 0
     custom = keras.Sequential([keras.Input((3,)), _ShiftedBN()], name="m")
-    with pytest.warns(UserWarning, match=r"changed nothing: every "
+    with pytest.warns(UserWarning, match=r"changed nothing: every selected "
                       r"BatchNormalization layer of 'm' is a custom subclass"):
         assert recalibrate(custom, x, verbose=0) == 0
     np.testing.assert_array_equal(_stats(model.layers[0])[0], np.zeros(3))

@@ -39,7 +39,9 @@ def plot_curves(result, path: str) -> str:
         ax.plot([arm.best_epoch], [arm.eval_loss], "r*", markersize=12,
                 label="reloaded checkpoint, evaluate()")
         ax.set_yscale("log")
-        ax.set_title(f"{arm.label}\nratio {arm.ratio:.3g}, "
+        mode = ("" if arm.statistics_ratio is None
+                else f"eval/fit-mode {arm.statistics_ratio:.3g}, ")
+        ax.set_title(f"{arm.label}\n{mode}eval/fit {arm.ratio:.3g}, "
                      f"held-out acc {arm.heldout_accuracy:.2f}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
