@@ -146,6 +146,14 @@ def warn_unchanged(tool: str, why: str, result: Optional[str] = None,
                   stacklevel=stacklevel + 1)
 
 
+def nothing_selected(count: int, kind: str = "BatchNormalization") -> str:
+    """Why a tool found no layer to work on, the one wording: `include`
+    selects none of the model's `count` `kind` layers, or it has none."""
+    if count:
+        return f"`include` selects none of its {count} {kind} layer(s)"
+    return f"it has no {kind} layer"
+
+
 def one_line(error: Any, limit: Optional[int] = 300) -> str:
     """An error (or warning) message on one line, cut at `limit` characters.
 

@@ -178,7 +178,7 @@ class Rewriter:
             why = (f"none of its {len(self.left)} BatchNormalization layer(s) "
                    f"qualifies ('{self.left[0][0]}': {self.left[0][1]}; the "
                    "report gives each)" if self.left
-                   else "it has no BatchNormalization layer")
+                   else _checks.nothing_selected(0))
             _checks.warn_unchanged(self.tool, why, "a plain copy", stacklevel=3)
         return copy
 

@@ -60,9 +60,7 @@ def convert(
     _check_convertible(selected)
     why = None
     if not selected:
-        count = len(tree.batch_norm_layers())
-        why = (f"`include` selects none of its {count} BatchNormalization "
-               "layer(s)" if count else "it has no BatchNormalization layer")
+        why = _checks.nothing_selected(len(tree.batch_norm_layers()))
     elif all(isinstance(layer, BatchNormalization) and layer.frozen == frozen
              for layer in selected):
         why = (f"its {len(selected)} selected BatchNormalization layer(s) "
@@ -148,15 +146,16 @@ def _set_frozen(model, frozen, include, name) -> int:
     if changed:
         return changed
     layers = tree.batch_norm_layers()
+    ours = sum(isinstance(layer, BatchNormalization) for layer in layers)
     if selected:
         why = f"its {selected} selected layer(s) already had frozen={frozen}"
-    elif any(isinstance(layer, BatchNormalization) for layer in layers):
-        why = "`include` selects none of its frozenbn layers"
+    elif ours:
+        why = _checks.nothing_selected(ours, "frozenbn")
     elif layers:
         why = ("its BatchNormalization layers are Keras's; convert it first "
                "(`frozenbn.convert(model)`)")
     else:
-        why = "it has no BatchNormalization layer"
+        why = _checks.nothing_selected(0)
     _checks.warn_unchanged(name, why, stacklevel=3)
     return 0
 

@@ -69,10 +69,8 @@ def recalibrate(
         if skipped:
             why = ("every selected BatchNormalization layer of "
                    f"'{model.name}' is a custom subclass it skips")
-        elif include is not None and _walk.batch_norm_layers(model):
-            why = "`include` selects none of its BatchNormalization layers"
         else:
-            why = f"model '{model.name}' has no BatchNormalization layer"
+            why = _checks.nothing_selected(len(_walk.batch_norm_layers(model)))
         # stacklevel 3: the caller of the decorator that keeps the old order.
         _checks.warn_unchanged("recalibrate", why, stacklevel=3)
         return 0

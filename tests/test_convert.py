@@ -332,7 +332,7 @@ def test_freeze_and_unfreeze_count_changes():
                       r"its 3 selected layer\(s\) already had frozen=True\.$"):
         assert frozenbn.freeze(model) == 0
     with pytest.warns(UserWarning, match=r"^frozenbn.unfreeze changed nothing: "
-                      r"`include` selects none of its frozenbn layers\.$"):
+                      r"`include` selects none of its 2 frozenbn layer\(s\)\.$"):
         assert frozenbn.unfreeze(model, include=lambda layer: False) == 0
     with pytest.warns(UserWarning, match=r"no BatchNormalization layer"):
         assert frozenbn.freeze(keras.layers.Dense(2)) == 0
