@@ -48,9 +48,17 @@ class ZooModel:
     family: str  # "applications", "hub_backbone" or "hub_task"
     full: bool = False  # in the `full` tier only; else a representative
     group: str = ""  # the code path it represents: module, class or kind
+    channels_first: bool = False  # built with image_data_format channels_first
 
     def __repr__(self) -> str:
         return self.id
+
+    def images(self, n: int = 2, seed: int = 1):
+        """`n` random images of the model's input size, in its layout."""
+        from tests import testing
+
+        x = testing.images(n, self.image_size, seed=seed)
+        return x.transpose(0, 3, 1, 2).copy() if self.channels_first else x
 
 
 def _uses_batch_norm(source: str) -> bool:
@@ -115,6 +123,59 @@ def keras_applications() -> List[ZooModel]:
         )
         seen_modules.add(module_name)
     return sorted(models, key=lambda model: model.id)
+
+
+def keras_application_variants() -> List[ZooModel]:
+    """`keras.applications` models built the other ways users build them.
+
+    `keras_applications()` builds each at one input size, channels_last,
+    without the classifier top. These are built with
+    `image_data_format="channels_first"` (the layout that every kernel and
+    axis rule of fold and fuse must follow), with an open input shape
+    `(None, None, 3)` called at another size, and with the classifier top
+    (Dropout, then Dense). One runs on every push, the rest in the `full`
+    tier.
+    """
+    apps = keras.applications
+    variants = [
+        # (id, builder, image size, channels_first)
+        ("MobileNetV3Small-channels_first", lambda: apps.MobileNetV3Small(
+            weights=None, include_top=False, minimalistic=True,
+            include_preprocessing=False, input_shape=(3, 32, 32)), 32, True),
+        ("ResNet50-channels_first-top", lambda: apps.ResNet50(
+            weights=None, classes=10, input_shape=(3, 32, 32)), 32, True),
+        ("ResNet50V2-open_shape", lambda: apps.ResNet50V2(
+            weights=None, include_top=False, input_shape=(None, None, 3),
+            pooling="avg"), 40, False),
+        ("EfficientNetV2B0-top", lambda: apps.EfficientNetV2B0(
+            weights=None, classes=3, classifier_activation=None,
+            input_shape=(32, 32, 3)), 32, False),
+    ]
+    return [
+        ZooModel(
+            id=name,
+            build=_with_data_format(builder, channels_first),
+            image_size=side,
+            family="applications",
+            full=index > 0,
+            group="variants",
+            channels_first=channels_first,
+        )
+        for index, (name, builder, side, channels_first) in enumerate(variants)
+    ]
+
+
+def _with_data_format(builder, channels_first):
+    def build():
+        before = keras.config.image_data_format()
+        keras.config.set_image_data_format(
+            "channels_first" if channels_first else "channels_last")
+        try:
+            return builder()
+        finally:
+            keras.config.set_image_data_format(before)
+
+    return build
 
 
 # ---------------------------------------------------------------------------
@@ -514,7 +575,8 @@ def cls_has_tiny_backbone(name: str) -> bool:
 
 def all_models() -> List[ZooModel]:
     """Every model of the sweep."""
-    return keras_applications() + keras_hub_backbones() + keras_hub_tasks()
+    return (keras_applications() + keras_application_variants()
+            + keras_hub_backbones() + keras_hub_tasks())
 
 
 def coverage_markdown() -> str:
@@ -527,6 +589,7 @@ def coverage_markdown() -> str:
     import keras_hub
 
     apps = keras_applications()
+    variants = keras_application_variants()
     backbones = keras_hub_backbones()
     tasks = keras_hub_tasks()
     families = sorted({spec.id.split("-")[0] for spec in backbones})
@@ -550,6 +613,9 @@ def coverage_markdown() -> str:
         f"- **{len(apps)} `keras.applications` models**: every builder whose "
         "model contains BatchNormalization, with random weights at their "
         "smallest input size.",
+        f"- **{len(variants)} of them built other ways**: with "
+        "`image_data_format` `channels_first`, with an open input shape "
+        "called at another size, and with the classifier top.",
         f"- **{len(families)} keras-hub backbone classes** in "
         f"{len(backbones)} configurations: every `keras_hub.models.Backbone` "
         "whose package uses BatchNormalization, built offline from small "
@@ -584,7 +650,7 @@ def coverage_markdown() -> str:
         "| family | model | runs |",
         "|---|---|---|",
     ]
-    for spec in apps + backbones + tasks:
+    for spec in apps + variants + backbones + tasks:
         family = {
             "applications": "keras.applications",
             "hub_backbone": "keras-hub backbone",

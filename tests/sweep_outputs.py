@@ -37,7 +37,7 @@ def record_model(spec) -> dict:
 
     keras.utils.set_random_seed(0)  # the same weights in every record
     model = testing.randomize_batch_norm(spec.build())
-    x = testing.images(2, spec.image_size, seed=1)
+    x = spec.images()
     arrays = {}
 
     def put(tool, outputs):

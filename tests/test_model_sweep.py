@@ -34,7 +34,7 @@ class Case:
     def __init__(self, spec):
         self.spec = spec
         self.model = testing.randomize_batch_norm(spec.build())
-        self.x = testing.images(2, spec.image_size, seed=1)
+        self.x = spec.images()
         self.reference = testing.outputs(self.model, self.x)
         self.bn_count = testing.count_layers(self.model, KERAS_BN)
 
