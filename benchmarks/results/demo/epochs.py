@@ -66,9 +66,8 @@ def _train(arm, backbone, target, config):
 
 
 def _evaluate(model, split, batch_size):
-    scores = model.evaluate(split.x, split.y, batch_size=batch_size,
-                            verbose=0, return_dict=True)
-    return float(scores["loss"]), float(scores["accuracy"])
+    scores = scenario._evaluate(model, split, batch_size)
+    return scores["loss"], scores["accuracy"]
 
 
 class _EveryEpoch(keras.callbacks.Callback):
