@@ -418,6 +418,22 @@ def test_compile_model_creates_the_variables_fit_would():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_progress_ends_where_early_stopping_ended(capsys):
+    """The epoch bar of an arm that early stopping ends after 3 of 12
+    epochs closes at "3/12", not at an epoch that never ran."""
+    x = np.zeros((8, 2), "float32")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    progress = training.Progress(12, verbose=1)
+    model.fit(x, x[:, :1], epochs=12, verbose=0, callbacks=[
+        keras.callbacks.EarlyStopping(monitor="loss", patience=2),
+        progress])
+    printed = capsys.readouterr().out
+    assert progress.epochs_done == 3  # loss 0 from the first epoch on
+    assert " 3/12" in printed and "12/12" not in printed
+    assert printed.endswith("\n")
+
+
 def _small_backbone():
     inner = keras.Sequential([
         keras.Input((8, 8, 4)),

@@ -321,6 +321,7 @@ class Progress(keras.callbacks.Callback):
         self.bar.update(self.epochs_done, values=values)
 
     def on_train_end(self, logs=None):
-        # Early stopping ends before the last epoch: close the bar.
+        # Early stopping ends before the last epoch: close the bar there
+        # ("11/12"), not at an epoch that never ran.
         if self.verbose and self.epochs_done < self.bar.target:
-            self.bar.update(self.bar.target, finalize=True)
+            self.bar.update(self.epochs_done, finalize=True)
