@@ -8,6 +8,7 @@ batches. `iter_batches` yields the model inputs of each batch;
 """
 
 import math
+import warnings
 from typing import Any
 from typing import Iterator
 from typing import Optional
@@ -30,7 +31,8 @@ def iter_batches(
     several inputs) batched by `batch_size` (None: 32), `(x, y[, w])` tuples
     (`x` kept), a batched `tf.data.Dataset`, a `PyDataset` or any iterable
     of batches; as in `fit`, a batch that is a tuple or list is `(x, y[, w])`.
-    `steps` caps the batches and is required for infinite data. TypeError
+    `steps` caps the batches (a warning if the data runs out first) and is
+    required for infinite data. TypeError
     for data that cannot be batched or is not numeric; ValueError for empty
     or inconsistent data.
 
@@ -80,6 +82,11 @@ def iter_xy(
             "generator (a generator can be consumed only once: create a new "
             "one for each call)."
         )
+    if steps is not None and taken < steps:
+        warnings.warn(
+            f"`x` ran out of data after {taken} of the steps={steps} "
+            f"batches asked for; only those {taken} were used.",
+            stacklevel=2)
 
 
 def count_steps(

@@ -46,6 +46,26 @@ def test_steps_and_batch_size_errors(tool):
         tool(_model(), x, batch_size="32")
 
 
+@pytest.mark.parametrize("tool", [frozenbn.audit, frozenbn.recalibrate])
+def test_steps_beyond_the_data_warn_and_use_what_there_is(tool):
+    x, _ = _xy()  # 8 samples: 2 batches of 4
+    model, whole = _model(), _model()
+    whole.set_weights(model.get_weights())
+    with pytest.warns(UserWarning, match=r"^`x` ran out of data after 2 of "
+                      r"the steps=5 batches asked for; only those 2 were "
+                      r"used\.$"):
+        result = tool(model, x, batch_size=4, steps=5, verbose=0)
+    expected = tool(whole, x, batch_size=4, verbose=0)
+    if tool is frozenbn.recalibrate:
+        assert result == expected == 1
+        for a, b in zip(model.weights, whole.weights):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                          keras.ops.convert_to_numpy(b))
+    else:
+        assert (result.steps, result.samples) == (expected.steps, 8) == (2, 8)
+        assert result.layers[0].score == expected.layers[0].score
+
+
 def test_callback_errors():
     with pytest.raises(ValueError, match=r"`epoch` must be an int >= 0"):
         FreezeBatchNorm(epoch=-1)
