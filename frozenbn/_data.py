@@ -32,9 +32,8 @@ def iter_batches(
     (`x` kept), a batched `tf.data.Dataset`, a `PyDataset` or any iterable
     of batches; as in `fit`, a batch that is a tuple or list is `(x, y[, w])`.
     `steps` caps the batches (a warning if the data runs out first) and is
-    required for infinite data. TypeError
-    for data that cannot be batched or is not numeric; ValueError for empty
-    or inconsistent data.
+    required for infinite data. TypeError for data that cannot be batched
+    or is not numeric; ValueError for empty or inconsistent data.
 
     Example:
 

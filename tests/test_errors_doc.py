@@ -66,6 +66,16 @@ def test_steps_beyond_the_data_warn_and_use_what_there_is(tool):
         assert result.layers[0].score == expected.layers[0].score
 
 
+def test_precise_bn_warns_when_the_data_runs_out_before_steps():
+    x, y = _xy()
+    model = _model()
+    model.compile("sgd", "mse")
+    with pytest.warns(UserWarning, match=r"^`x` ran out of data after 2 of "
+                      r"the steps=5 batches"):
+        model.fit(x, y, epochs=1, verbose=0,
+                  callbacks=[PreciseBN(x, batch_size=4, steps=5)])
+
+
 def test_callback_errors():
     with pytest.raises(ValueError, match=r"`epoch` must be an int >= 0"):
         FreezeBatchNorm(epoch=-1)
