@@ -43,7 +43,7 @@ class Step:
     def build(self, x) -> None:
         """Builds the model by calling it once, eagerly, in inference mode."""
         with native.no_grad():
-            self._model(native.place_batch(None, x))
+            self._model(native.place_batch(None, x), training=False)
 
     def __call__(self, state, x, batch_index: int):
         x = native.place_batch(self._where, x)

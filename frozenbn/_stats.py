@@ -6,6 +6,8 @@ position, so float32 stays exact when `|mean| >> std`) and pools them on the
 device batch after batch; `frozenbn._compile.Step` runs each batch compiled.
 """
 
+import functools
+import inspect
 import threading
 from typing import Dict
 from typing import List
@@ -151,12 +153,13 @@ class StatisticsPass:
                 )
             if self._program.mode == AS_IN_FIT:
                 # The model runs with `training=True`: keep every other
-                # layer that `training` changes (Keras's dropout and noise
-                # layers, BN layers not measured) in inference mode.
+                # layer that `training` changes (dropout, noise and
+                # augmentation layers, BN layers not measured) in inference
+                # mode.
                 measured = {id(layer) for layer in self._program.layers}
                 for layer in _keras_private.iter_layers(self._model):
-                    if id(layer) in measured or not isinstance(
-                        layer, _INFERENCE_DURING_PASS
+                    if id(layer) in measured or not _inference_during_pass(
+                        layer
                     ):
                         continue
                     original = layer.__dict__.get("call")
@@ -293,11 +296,10 @@ class _Program:
             # As in `fit`: the model is called with `training=True`, so that
             # layers which pass their own `training` default on (keras-hub
             # blocks default to False) hand BN what `fit` hands it. In BATCH
-            # mode every measured layer uses batch statistics anyway.
-            if self.mode == AS_IN_FIT:
-                fit_outputs = run_model(x, training=True)
-            else:
-                fit_outputs = run_model(x)
+            # mode every measured layer uses batch statistics anyway, and
+            # `training=False` keeps the others in inference mode (Keras's
+            # augmentation layers default to `training=True`).
+            fit_outputs = run_model(x, training=self.mode == AS_IN_FIT)
             calls, local.calls = local.calls, None
             inference_outputs = None
             if self._outputs:
@@ -449,8 +451,11 @@ def _normalizing_moments(layer, mean, var, count):
 
 
 # Layers that `training=True` changes besides BatchNormalization; during an
-# `AS_IN_FIT` pass they run in inference mode. (Custom stochastic layers,
-# such as keras-hub's DropPath, run as in training.)
+# `AS_IN_FIT` pass they run in inference mode, and so does every layer whose
+# `call` defaults to `training=True`: Keras's augmentation layers (RandomFlip,
+# RandomRotation, ..., Pipeline) and custom ones written the same way.
+# (Custom stochastic layers that default to inference, such as keras-hub's
+# DropPath, run as in training.)
 _INFERENCE_DURING_PASS = (
     _walk.KERAS_BATCH_NORMALIZATION,
     keras.layers.Dropout,  # and SpatialDropout1D/2D/3D
@@ -458,6 +463,23 @@ _INFERENCE_DURING_PASS = (
     keras.layers.GaussianNoise,
     keras.layers.AlphaDropout,
 )
+
+
+def _inference_during_pass(layer) -> bool:
+    return isinstance(layer, _INFERENCE_DURING_PASS) or _defaults_to_training(
+        type(layer)
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults_to_training(layer_class) -> bool:
+    try:
+        parameter = inspect.signature(layer_class.call).parameters.get(
+            "training"
+        )
+    except (TypeError, ValueError):  # a call without a signature
+        return False
+    return parameter is not None and parameter.default is True
 
 
 def _in_inference(call):

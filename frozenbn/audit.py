@@ -237,8 +237,8 @@ def audit(
 
     One pass over `x` measures, per BN layer, how far the statistics `fit`
     normalizes with are from its moving statistics (worst first), and the
-    outputs and loss as `fit` normalizes vs in inference mode (Dropout off
-    in both, so the difference is BN's). The model is not changed.
+    outputs and loss as `fit` normalizes vs in inference mode (Dropout and
+    augmentation off in both, so the difference is BN's). The model is not changed.
 
     Args:
         model: A Keras model or layer.

@@ -142,6 +142,32 @@ def test_frozen_layers_use_moving_statistics_and_show_no_gap():
     assert "moving" in str(report)
 
 
+class _Brighten(keras.layers.Layer):
+    """An augmentation layer written like Keras's: `training=True` default."""
+
+    def call(self, x, training=True):
+        return x + 1.0 if training else x
+
+
+def test_augmentation_layers_run_in_inference_mode_in_both_passes():
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((1, 2, 3))  # images: what RandomBrightness takes
+    h = keras.layers.RandomBrightness((0.5, 0.5), value_range=(0.0, 10.0))(
+        _Brighten()(inputs))
+    h = keras.layers.Flatten()(h)
+    model = frozenbn.convert(keras.Model(inputs, _two_bn_model()(h)))
+    x, y = _data()
+    x = x.reshape(-1, 1, 2, 3)
+
+    report = audit(model, (x, y), loss="mse", verbose=0)
+
+    # Every BN frozen: only augmentation could make the passes differ.
+    assert report.max_output_diff == 0.0
+    assert report.ratio == pytest.approx(1.0)
+    assert report.inference_loss == pytest.approx(
+        float(np.mean((_np(model(x, training=False)) - y) ** 2)), rel=1e-5)
+
+
 def test_without_labels_or_loss():
     keras.utils.set_random_seed(4)
     model = _two_bn_model()

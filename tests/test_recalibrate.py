@@ -184,6 +184,20 @@ def test_conv_bn_and_downstream_bn_follow_fit_semantics():
     assert model.get_layer("bn1").momentum == 0.99
 
 
+def test_augmentation_layers_run_in_inference_mode():
+    # Keras's augmentation layers default to `training=True`; the statistics
+    # are those of the images `predict` and `evaluate` see.
+    x = np.random.default_rng(4).uniform(0.0, 0.5, (40, 4, 4, 3))
+    model = keras.Sequential([
+        keras.Input((4, 4, 3)),
+        # Adds 0.5 to every pixel when it augments.
+        keras.layers.RandomBrightness((0.5, 0.5), value_range=(0.0, 1.0)),
+        keras.layers.BatchNormalization(name="bn"),
+    ])
+    recalibrate(model, x.astype("float32"), batch_size=16, verbose=0)
+    _assert_population(model.get_layer("bn"), x)
+
+
 def test_masked_inputs_use_unmasked_positions_only():
     rng = np.random.default_rng(3)
     tokens = rng.integers(1, 20, (40, 7))
