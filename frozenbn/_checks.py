@@ -29,6 +29,26 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def check_include(include: Any) -> Any:
+    """Returns `include` if it is None or a callable, else raises a `TypeError`.
+
+    Example:
+
+    >>> check_include(None) is None
+    True
+    """
+    if include is None or callable(include):
+        return include
+    hint = ""
+    if isinstance(include, str):
+        hint = (f" To select layers by name, pass include=lambda layer: "
+                f"layer.name == {include!r}.")
+    raise TypeError(
+        "`include` must be a callable include(layer) -> bool or None. "
+        f"Received: include={include!r}.{hint}"
+    )
+
+
 def check_int(
     name: str, value: Any, minimum: int = 1, allow_none: bool = False
 ) -> Optional[int]:

@@ -54,13 +54,8 @@ class FreezeBatchNorm(keras.callbacks.Callback):
     ):
         super().__init__()
         _checks.check_int("epoch", epoch, minimum=0)
-        if include is not None and not callable(include):
-            raise TypeError(
-                "`include` must be a callable include(layer) -> bool or "
-                f"None. Received: include={include!r}"
-            )
         self.epoch = epoch
-        self.include = include
+        self.include = _checks.check_include(include)
         self.applied = False
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -54,6 +54,7 @@ def convert(
     _checks.check_is_layer(model, "convert")
     _checks.check_bool("frozen", frozen)
     _checks.check_bool("inplace", inplace)
+    _checks.check_include(include)
     # One walk: checking, copying and swapping share it.
     tree = _walk.Tree(model)
     selected = tree.batch_norm_layers(include)
@@ -132,6 +133,7 @@ def unfreeze(
 
 
 def _set_frozen(model, frozen, include, name) -> int:
+    _checks.check_include(include)
     changed = selected = 0
     tree = _walk.Tree(model)
     for layer in tree.layers:

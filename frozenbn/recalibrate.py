@@ -63,6 +63,7 @@ def recalibrate(
     """
     _checks.check_is_layer(model, "recalibrate")
     verbose = _checks.check_verbose(verbose)
+    _checks.check_include(include)
     layers, skipped = _stats.measurable_layers(
         model, include, logger, "; its statistics are left unchanged")
     if not layers:

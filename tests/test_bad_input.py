@@ -91,6 +91,35 @@ def test_frozen_wrapper_rejects_non_layers(obj):
         frozenbn.Frozen(keras.layers.Dense(1), frozen="yes")
 
 
+_WITH_INCLUDE = {
+    "convert": lambda model, include: frozenbn.convert(
+        model, inplace=True, include=include),
+    "freeze": lambda model, include: frozenbn.freeze(model, include=include),
+    "unfreeze": lambda model, include: frozenbn.unfreeze(
+        model, include=include),
+    "recalibrate": lambda model, include: frozenbn.recalibrate(
+        model, np.ones((4, 3)), verbose=0, include=include),
+}
+
+
+@pytest.mark.parametrize("function", sorted(_WITH_INCLUDE))
+def test_include_given_a_layer_name_says_how_to_select_by_name(function):
+    model = _model()
+    if function in ("freeze", "unfreeze"):
+        model = frozenbn.convert(model, frozen=function == "unfreeze")
+    before = _state(model)
+    with pytest.raises(
+        TypeError,
+        match=r"^`include` must be a callable include\(layer\) -> bool or "
+        r"None\. Received: include='bn1'\. To select layers by name, pass "
+        r"include=lambda layer: layer\.name == 'bn1'\.$",
+    ):
+        _WITH_INCLUDE[function](model, "bn1")
+    _assert_unchanged(model, before)
+    with pytest.raises(TypeError, match=r"Received: include=\['bn1'\]\.$"):
+        _WITH_INCLUDE[function](model, ["bn1"])
+
+
 class _Subclassed(keras.Model):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
