@@ -108,7 +108,7 @@ def count_steps(
     if _is_array_structure(data):
         n = _num_samples(data)
         known = math.ceil(n / batch_size) if n is not None else None
-    elif isinstance(data, tuple) and data and _is_array_structure(data[0]):
+    elif isinstance(data, tuple) and data and _is_inputs(data[0]):
         n = _num_samples(data[0])
         known = math.ceil(n / batch_size) if n is not None else None
     elif _is_tf_dataset(data):
@@ -148,7 +148,7 @@ def _source(data: Any, steps: Optional[int], batch_size: int):
                 f"sample_weight). Received a tuple of {len(data)} elements. "
                 "For a multi-input model pass the inputs as a list or dict."
             )
-        if _is_array_structure(data[0]):
+        if _is_inputs(data[0]):
             return _slice_arrays(data, batch_size)
         raise TypeError(
             "The first element of an `x` tuple must be the input array(s). "
@@ -188,7 +188,8 @@ def _slice_arrays(structure, batch_size: int):
         )
     for start in range(0, n, batch_size):
         yield keras.tree.map_structure(
-            lambda a: a[start : start + batch_size], arrays
+            lambda a: None if a is None else a[start : start + batch_size],
+            arrays,
         )
 
 
@@ -217,6 +218,15 @@ def _is_array_structure(data) -> bool:
         leaves = keras.tree.flatten(data)
         return bool(leaves) and all(_is_array(leaf) for leaf in leaves)
     return False
+
+
+def _is_inputs(data) -> bool:
+    # The first element of an `(x, y)` tuple: arrays, or a list, tuple or
+    # dict of them (the inputs of a multi-input model, as in `fit`).
+    if isinstance(data, tuple) and data:
+        leaves = keras.tree.flatten(data)
+        return bool(leaves) and all(_is_array(leaf) for leaf in leaves)
+    return _is_array_structure(data)
 
 
 def _num_samples(structure) -> Optional[int]:

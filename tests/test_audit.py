@@ -210,6 +210,18 @@ def test_frozen_wrapper_and_training_false_in_graph():
     assert audit(model, x).max_output_diff == 0.0
 
 
+def test_labels_none_is_auditing_without_labels():
+    keras.utils.set_random_seed(6)
+    model = _two_bn_model()
+    x, _ = _data()
+
+    with_none = audit(model, (x, None), loss="mse", verbose=0)
+    without = audit(model, x, loss="mse", verbose=0)
+
+    assert with_none.train_loss is None and without.train_loss is None
+    assert with_none.max_output_diff == without.max_output_diff > 0
+
+
 def test_rejects_bad_arguments():
     model = _two_bn_model()
     x, y = _data(n=8)

@@ -256,6 +256,28 @@ def test_data_forms_give_identical_statistics():
     )
 
 
+def test_multi_input_forms_that_fit_takes_give_identical_statistics():
+    rng = np.random.default_rng(8)
+    a = rng.normal(1.0, 2.0, (40, 3)).astype("float32")
+    b = rng.normal(-1.0, 3.0, (40, 2)).astype("float32")
+    y = rng.normal(size=(40, 1)).astype("float32")
+
+    def stats_for(data):
+        inputs = [keras.Input((3,), name="a"), keras.Input((2,), name="b")]
+        h = keras.layers.Concatenate()(inputs)
+        model = keras.Model(inputs, keras.layers.BatchNormalization()(h))
+        assert recalibrate(model, data, batch_size=16, verbose=0) == 1
+        return np.concatenate(_stats(model.layers[-1]))
+
+    reference = np.concatenate([
+        np.concatenate([a, b], axis=1).mean(0),
+        np.concatenate([a, b], axis=1).var(0),
+    ])
+    for data in ([a, b], {"a": a, "b": b}, ([a, b], y), ((a, b), y),
+                 ((a, b), None), ((a, b),)):
+        np.testing.assert_allclose(stats_for(data), reference, rtol=1e-5)
+
+
 def test_recalibration_closes_the_fit_evaluate_gap():
     rng = np.random.default_rng(6)
     x = rng.normal(10.0, 3.0, (128, 8)).astype("float32")
