@@ -24,9 +24,17 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(
             f"`{name}` must be a Python bool (True or False). "
-            f"Received: {name}={value!r} of type {type(value).__name__}."
+            f"Received: {name}={value!r} of type {_type_name(value)}."
         )
     return value
+
+
+def _type_name(value: Any) -> str:
+    # numpy.bool_ is named "bool": qualify every type but the builtins.
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__.split('.')[0]}.{kind.__qualname__}"
 
 
 def check_include(include: Any) -> Any:

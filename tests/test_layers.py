@@ -318,8 +318,11 @@ def test_frozen_attribute_validation():
     with pytest.raises(TypeError, match="frozen.*must be a Python bool"):
         frozenbn.BatchNormalization(frozen="yes")
     bn = frozenbn.BatchNormalization()
-    with pytest.raises(TypeError, match="Received: frozen=1"):
+    with pytest.raises(TypeError, match=r"Received: frozen=1 of type int\.$"):
         bn.frozen = 1
+    # NumPy's bool is named "bool": the message says whose it is.
+    with pytest.raises(TypeError, match=r"of type numpy\.bool_?\.$"):
+        frozenbn.BatchNormalization(frozen=np.bool_(True))
     with pytest.raises(TypeError, match="wraps a Keras layer"):
         frozenbn.Frozen(lambda x: x)
 
