@@ -17,6 +17,7 @@ import keras
 from frozenbn import _clone
 from frozenbn import _keras_private
 from frozenbn import _walk
+from frozenbn.layers import Frozen
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def rewrite(model: keras.Model, tool: str, start: Callable):
     """A copy of `model` with some operations replaced.
 
     `start()` begins an attempt and returns `plan(graph, path)`, called for
-    `model` and each graph model nested in it; `plan` returns
+    `model` and each graph model nested in it (also inside a
+    `frozenbn.Frozen`, which is rewrapped); `plan` returns
     `replace(operation)`: the operation's replacement (a layer, `Removed` or
     `Chain`), or None to copy it from its config. If a config does not
     rebuild its layer, a second attempt rewrites a private exact copy of the
@@ -59,6 +61,13 @@ def rewrite(model: keras.Model, tool: str, start: Callable):
             def clone(operation):
                 if _walk.is_graph_model(operation):
                     return copy(operation, f"{path}/{operation.name}")
+                if isinstance(operation, Frozen) and _walk.is_graph_model(
+                        operation.layer):
+                    inner = operation.layer
+                    config = operation.get_config()
+                    del config["layer"], config["config_version"]
+                    return Frozen(copy(inner, f"{path}/{operation.name}/"
+                                              f"{inner.name}"), **config)
                 new = replace(operation)
                 if new is not None:
                     return new

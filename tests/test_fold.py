@@ -229,6 +229,34 @@ def test_nested_models_are_folded_recursively():
     _assert_same_predictions(model, folded, x)
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_models_wrapped_in_frozen_are_folded_and_rewrapped(frozen):
+    inner_in = keras.Input((8, 8, 3))
+    inner = layers.Conv2D(4, 3, name="inner_conv")(inner_in)
+    inner = layers.BatchNormalization(name="inner_bn")(inner)
+    backbone = keras.Model(inner_in, layers.ReLU()(inner), name="backbone")
+    wrapper = frozenbn.Frozen(backbone, frozen=frozen, name="wrapper")
+    wrapper.trainable = False
+    model = keras.Sequential([keras.Input((8, 8, 3)), wrapper,
+                              layers.GlobalAveragePooling2D(),
+                              layers.Dense(2, name="head")])
+    testing.randomize_batch_norm(model)
+    _randomize_biases(model)
+
+    folded, report = fold(model)
+
+    root = model.name
+    assert report.pairs == [(f"{root}/wrapper/backbone/inner_conv",
+                             f"{root}/wrapper/backbone/inner_bn")]
+    assert report.left == []
+    copy = folded.get_layer("wrapper")
+    assert isinstance(copy, frozenbn.Frozen) and copy is not wrapper
+    assert (copy.frozen, copy.trainable) == (frozen, False)
+    assert testing.count_layers(folded, keras.layers.BatchNormalization) == 0
+    x = np.random.default_rng(5).normal(size=(2, 8, 8, 3)).astype("float32")
+    _assert_same_predictions(model, folded, x)
+
+
 @pytest.mark.parametrize(
     "name, expected_bn",
     [

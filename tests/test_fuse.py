@@ -317,6 +317,28 @@ def test_unfuse_gives_back_the_trained_layers(tmp_path):
         f"{fused.name}/backbone/conv_fused/bn"]
 
 
+def test_models_wrapped_in_frozen_are_fused_and_unfused():
+    inputs = keras.Input((8, 8, 3))
+    h = layers.BatchNormalization(name="bn")(layers.Conv2D(4, 3, name="conv")(
+        inputs))
+    backbone = keras.Model(inputs, layers.ReLU()(h), name="backbone")
+    model = _frozen(keras.Sequential([
+        keras.Input((8, 8, 3)), frozenbn.Frozen(backbone, name="wrapper"),
+        layers.GlobalAveragePooling2D(), layers.Dense(3, name="head")]))
+
+    fused, report = frozenbn.fuse(model)
+
+    pair = (f"{model.name}/wrapper/backbone/conv",
+            f"{model.name}/wrapper/backbone/bn")
+    assert report.pairs == [pair] and report.left == []
+    assert isinstance(fused.get_layer("wrapper"), frozenbn.Frozen)
+    _assert_same_training_math(model, fused, _inputs((2, 8, 8, 3)))
+    unfused, unfuse_report = frozenbn.unfuse(fused)
+    assert unfuse_report.pairs == [pair]
+    assert isinstance(unfused.get_layer("wrapper"), frozenbn.Frozen)
+    _assert_same_training_math(model, unfused, _inputs((2, 8, 8, 3)))
+
+
 def test_fused_model_saves_and_loads(tmp_path):
     model = _frozen(
         keras.Sequential(
