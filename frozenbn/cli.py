@@ -8,6 +8,7 @@ set `FROZENBN_DEBUG=1` to get the traceback instead.
 
 import argparse
 import os
+import re
 import sys
 import warnings
 import zipfile
@@ -20,7 +21,8 @@ from frozenbn.demo import DEMO_ARMS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-
+# Terminal colour and style codes (Keras puts bold into its error messages).
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 class CliError(Exception):
@@ -220,14 +222,14 @@ def _run_demo(args) -> int:
 
 def _run_convert(args) -> int:
     import frozenbn
-    from frozenbn import _keras_private
 
     model = _load_model(args.input)
     _check_output(args.output, args.input)
     frozen = not args.unfrozen
     converted = frozenbn.convert(model, frozen=frozen)
-    count = sum(isinstance(layer, frozenbn.BatchNormalization)
-                for layer in _keras_private.iter_layers(converted))
+    # The layers convert changed: frozenbn's with `frozen` now, not before
+    # (convert warns, and this is 0, when it changed nothing).
+    count = _count_frozenbn(converted, frozen) - _count_frozenbn(model, frozen)
     if args.fold:
         from frozenbn.fold import fold
 
@@ -235,10 +237,27 @@ def _run_convert(args) -> int:
         print(report)
     converted.save(args.output)
     state = "frozen" if frozen else "unfrozen"
-    folded = ", folded" if args.fold else ""
-    print(f"converted {count} BatchNormalization layer(s) ({state}{folded})"
-          f" -> {args.output}")
+    if count:
+        folded = ", folded" if args.fold else ""
+        print(f"converted {count} BatchNormalization layer(s) "
+              f"({state}{folded}) -> {args.output}")
+    elif args.fold:
+        print("converted no BatchNormalization layer (nothing to change), "
+              f"folded -> {args.output}")
+    else:
+        print("converted no BatchNormalization layer (nothing to change); "
+              f"wrote an unchanged copy -> {args.output}")
     return 0
+
+
+def _count_frozenbn(model, frozen: bool) -> int:
+    """The frozenbn BatchNormalization layers of `model` with `frozen`."""
+    import frozenbn
+    from frozenbn import _keras_private
+
+    return sum(isinstance(layer, frozenbn.BatchNormalization)
+               and layer.frozen == frozen
+               for layer in _keras_private.iter_layers(model))
 
 
 def _run_audit(args) -> int:
@@ -315,7 +334,8 @@ def _check_output(output: str, input_path: str) -> None:
 def _load_folder(args, model) -> tuple:
     """The images of `args.data`, sized and preprocessed for `model`."""
     size = args.image_size or _input_size(model)
-    x, y, _ = _images.load_image_folder(args.data, size)
+    x, y, _ = _images.load_image_folder(args.data, size,
+                                        channels=_input_channels(model))
     return _images.preprocess(x, args.preprocess), y.astype("float32")
 
 
@@ -333,6 +353,21 @@ def _input_size(model) -> int:
             "--image-size to choose the image size"
         )
     return int(shape[1])
+
+
+def _input_channels(model) -> int:
+    """1 or 3: how the images are read for `model` (3 if it does not say)."""
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4 or shape[-1] is None:
+        return 3  # not one batch of images: the model itself will say so
+    channels = shape[-1]
+    if channels not in (1, 3):
+        raise CliError(
+            f"model '{model.name}' takes images with {channels} channels; "
+            "audit and recalibrate read images as 1 channel (grayscale) or "
+            "3 (RGB)"
+        )
+    return int(channels)
 
 
 def _positive_int(text: str) -> int:
@@ -356,10 +391,13 @@ def _image_size(text: str) -> int:
 
 
 def _one_line(error) -> str:
+    """An error or warning as one line, without terminal escape codes."""
     from frozenbn import _checks
 
     whole = isinstance(error, (CliError, FileNotFoundError))
-    return _checks.one_line(error, limit=None if whole else 400)
+    text = _ANSI_ESCAPE.sub("", str(error))
+    return _checks.one_line(text or type(error).__name__,
+                            limit=None if whole else 400)
 
 
 if __name__ == "__main__":

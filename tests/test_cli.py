@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -188,8 +189,132 @@ def test_demo_rejects_bad_inputs(tmp_path, image_dir, capsys):
     assert main(["demo", "--arms", "stock,bogus"]) == 1
     assert "unknown arm(s) bogus" in _error_line(capsys)
     os.makedirs(image_dir / "birds")
+    shutil.copy(image_dir / "cats" / "0.png", image_dir / "birds")
     assert main(["demo", "--data", str(image_dir)]) == 1
     assert "two classes" in _error_line(capsys)
     assert main(["demo", "--weights", str(tmp_path / "w.h5"), "--quick",
                  "--out", str(tmp_path / "o")]) == 1
     assert "weights file not found" in _error_line(capsys)
+
+
+def _save_model(path, channels=3, head=None):
+    """A small conv + BN model on 8x8 images with `channels`, named and
+    saved as `path`; `head` replaces the pooling and Dense(1) on top."""
+    model = keras.Sequential([
+        keras.Input((8, 8, channels)),
+        keras.layers.Conv2D(4, 3, use_bias=False),
+        keras.layers.BatchNormalization(),
+        *(head or [keras.layers.GlobalAveragePooling2D(),
+                   keras.layers.Dense(1, activation="sigmoid")]),
+    ], name=path.stem)
+    model.save(path)
+    return path
+
+
+def test_recalibrate_reads_nested_class_folders(model_file, image_dir,
+                                                tmp_path, capsys):
+    for name, nested in (("cats", "2023"), ("dogs", "a/b")):
+        os.renames(image_dir / name, tmp_path / "moved" / name)
+        os.renames(tmp_path / "moved" / name, image_dir / name / nested)
+    out = tmp_path / "recalibrated.keras"
+    code = main(["recalibrate", str(model_file), str(image_dir), str(out),
+                 "--preprocess", "unit"])
+    assert code == 0, capsys.readouterr().err
+    assert "recalibrated 1 BatchNormalization layer(s) on 10 image(s)" in (
+        capsys.readouterr().out)
+
+
+def test_an_empty_class_folder_is_a_warning(model_file, image_dir, tmp_path,
+                                            capsys):
+    os.makedirs(image_dir / "_unsorted")
+    code = main(["recalibrate", str(model_file), str(image_dir),
+                 str(tmp_path / "out.keras")])
+    assert code == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"frozenbn: warning: Class folder(s) _unsorted in {image_dir} hold no "
+        "images but still take a label (_unsorted=0), as in "
+        "keras.utils.image_dataset_from_directory: the images are labelled "
+        "cats=1, dogs=2. The model's labels must match; remove the empty "
+        "folder(s), or move images into them."
+    ]
+
+
+def test_images_are_read_with_the_models_channels(image_dir, tmp_path,
+                                                  capsys):
+    gray = _save_model(tmp_path / "gray.keras", channels=1)
+    out = tmp_path / "out.keras"
+    code = main(["recalibrate", str(gray), str(image_dir), str(out),
+                 "--preprocess", "unit"])
+    assert code == 0, capsys.readouterr().err
+    assert "recalibrated 1 BatchNormalization layer(s) on 10 image(s)" in (
+        capsys.readouterr().out)
+    # The statistics are those of the grayscale images.
+    x, _, _ = frozenbn._images.load_image_folder(str(image_dir), 8,
+                                                 channels=1)
+    expected = keras.models.load_model(gray)
+    frozenbn.recalibrate(expected, x.astype("float32") / 255, verbose=0)
+    np.testing.assert_allclose(
+        keras.models.load_model(out).layers[1].moving_mean,
+        expected.layers[1].moving_mean, rtol=1e-5, atol=1e-6)
+
+    code = main(["recalibrate", str(gray), str(image_dir), str(out),
+                 "--preprocess", "caffe"])
+    assert code == 1
+    assert _error_line(capsys) == (
+        "frozenbn: error: Preprocessing 'caffe' normalizes each RGB channel "
+        "with ImageNet's statistics, so it needs 3-channel images. Received: "
+        "images with 1 channel(s). Use 'unit' (0..1), 'tf' (-1..1) or 'none' "
+        "(0..255) for them.")
+
+    four = _save_model(tmp_path / "four.keras", channels=4)
+    assert main(["audit", str(four), str(image_dir)]) == 1
+    assert _error_line(capsys) == (
+        "frozenbn: error: model 'four' takes images with 4 channels; audit "
+        "and recalibrate read images as 1 channel (grayscale) or 3 (RGB)")
+
+
+def test_keras_errors_are_printed_without_terminal_codes(image_dir, tmp_path,
+                                                         capsys):
+    flat = _save_model(tmp_path / "flat.keras",
+                       head=[keras.layers.Flatten(), keras.layers.Dense(1)])
+    keras.config.enable_traceback_filtering()  # Keras's bold error text
+    try:
+        code = main(["audit", str(flat), str(image_dir), "--image-size", "10",
+                     "--loss", "mse", "--out", str(tmp_path / "a")])
+    finally:
+        keras.config.disable_traceback_filtering()
+    assert code == 1
+    line = _error_line(capsys)
+    assert "\x1b" not in line
+    assert ("is incompatible with the layer: expected axis -1 of input "
+            "shape to have value 144, but received input with shape "
+            "(10, 256)") in line
+
+
+def test_convert_reports_what_it_changed(tmp_path, capsys):
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Conv2D(4, 3),
+        frozenbn.BatchNormalization(frozen=True),
+        keras.layers.BatchNormalization(),
+    ])
+    mixed = tmp_path / "mixed.keras"
+    model.save(mixed)
+    once = tmp_path / "once.keras"
+    assert main(["convert", str(mixed), str(once)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        f"converted 1 BatchNormalization layer(s) (frozen) -> {once}"]
+    assert captured.err == ""
+
+    twice = tmp_path / "twice.keras"
+    assert main(["convert", str(once), str(twice)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        "converted no BatchNormalization layer (nothing to change); wrote an "
+        f"unchanged copy -> {twice}"]
+    assert captured.err.startswith(
+        "frozenbn: warning: frozenbn.convert changed nothing: its 2 selected")
+    assert main(["convert", str(once), str(twice), "--unfrozen"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"converted 2 BatchNormalization layer(s) (unfrozen) -> {twice}"]
