@@ -451,11 +451,11 @@ def _normalizing_moments(layer, mean, var, count):
 
 
 # Layers that `training=True` changes besides BatchNormalization; during an
-# `AS_IN_FIT` pass they run in inference mode, and so does every layer whose
-# `call` defaults to `training=True`: Keras's augmentation layers (RandomFlip,
-# RandomRotation, ..., Pipeline) and custom ones written the same way.
-# (Custom stochastic layers that default to inference, such as keras-hub's
-# DropPath, run as in training.)
+# `AS_IN_FIT` pass they run in inference mode, and so does every layer without
+# sublayers whose `call` defaults to `training=True`: Keras's augmentation
+# layers (RandomFlip, RandomRotation, ...) and custom ones written the same
+# way. (Custom stochastic layers that default to inference, such as
+# keras-hub's DropPath, and blocks that hold BN layers run as in training.)
 _INFERENCE_DURING_PASS = (
     _walk.KERAS_BATCH_NORMALIZATION,
     keras.layers.Dropout,  # and SpatialDropout1D/2D/3D
@@ -466,8 +466,10 @@ _INFERENCE_DURING_PASS = (
 
 
 def _inference_during_pass(layer) -> bool:
-    return isinstance(layer, _INFERENCE_DURING_PASS) or _defaults_to_training(
-        type(layer)
+    if isinstance(layer, _INFERENCE_DURING_PASS):
+        return True
+    return _defaults_to_training(type(layer)) and not _keras_private.children(
+        layer
     )
 
 

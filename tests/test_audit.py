@@ -168,6 +168,30 @@ def test_augmentation_layers_run_in_inference_mode_in_both_passes():
         float(np.mean((_np(model(x, training=False)) - y) ** 2)), rel=1e-5)
 
 
+class _Block(keras.layers.Layer):
+    """A block holding a BN layer, whose `call` defaults to training."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.bn = keras.layers.BatchNormalization()
+
+    def call(self, x, training=True):
+        return self.bn(x, training=training)
+
+
+def test_blocks_holding_bn_run_as_in_fit_whatever_their_default():
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, _Block()(keras.layers.Dense(4)(inputs)))
+    _corrupt(model.layers[-1].bn)
+    x, y = _data()
+
+    report = audit(model, x, verbose=0)
+
+    # Its BN normalizes with batch statistics, as in `fit`: the gap shows.
+    assert report.layers[0].batch_statistics_in_fit
+    assert report.max_output_diff > 1.0
+
+
 def test_without_labels_or_loss():
     keras.utils.set_random_seed(4)
     model = _two_bn_model()
