@@ -153,13 +153,17 @@ def test_convert_fold(model_file, tmp_path, capsys):
                                atol=1e-6)
 
 
-def test_recalibrate(model_file, image_dir, tmp_path, capsys):
-    out = tmp_path / "recalibrated.keras"
+def _recalibrate_ten_images(model_file, image_dir, out, capsys):
     code = main(["recalibrate", str(model_file), str(image_dir), str(out),
                  "--preprocess", "unit"])
     assert code == 0, capsys.readouterr().err
     assert "recalibrated 1 BatchNormalization layer(s) on 10 image(s)" in (
         capsys.readouterr().out)
+
+
+def test_recalibrate(model_file, image_dir, tmp_path, capsys):
+    out = tmp_path / "recalibrated.keras"
+    _recalibrate_ten_images(model_file, image_dir, out, capsys)
     before = keras.models.load_model(model_file).layers[1]
     after = keras.models.load_model(out).layers[1]
     assert not np.allclose(after.moving_mean, before.moving_mean)
@@ -216,12 +220,8 @@ def test_recalibrate_reads_nested_class_folders(model_file, image_dir,
     for name, nested in (("cats", "2023"), ("dogs", "a/b")):
         os.renames(image_dir / name, tmp_path / "moved" / name)
         os.renames(tmp_path / "moved" / name, image_dir / name / nested)
-    out = tmp_path / "recalibrated.keras"
-    code = main(["recalibrate", str(model_file), str(image_dir), str(out),
-                 "--preprocess", "unit"])
-    assert code == 0, capsys.readouterr().err
-    assert "recalibrated 1 BatchNormalization layer(s) on 10 image(s)" in (
-        capsys.readouterr().out)
+    _recalibrate_ten_images(model_file, image_dir,
+                            tmp_path / "recalibrated.keras", capsys)
 
 
 def test_an_empty_class_folder_is_a_warning(model_file, image_dir, tmp_path,
