@@ -192,6 +192,30 @@ def test_blocks_holding_bn_run_as_in_fit_whatever_their_default():
     assert report.max_output_diff > 1.0
 
 
+class _NoTrainingArgument(keras.Model):
+    """A subclassed model whose `call` takes no `training` (Keras allows it)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4)
+        self.bn = keras.layers.BatchNormalization()
+
+    def call(self, x):
+        return self.bn(self.dense(x))
+
+
+def test_models_whose_call_takes_no_training_argument():
+    model = _NoTrainingArgument(name="no_training")
+    x, _ = _data()
+    model(x)
+    _corrupt(model.bn)
+
+    report = audit(model, x, verbose=0)
+
+    assert report.layers[0].batch_statistics_in_fit
+    assert report.max_output_diff > 1.0
+
+
 def test_without_labels_or_loss():
     keras.utils.set_random_seed(4)
     model = _two_bn_model()

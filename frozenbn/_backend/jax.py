@@ -8,6 +8,7 @@ moments.
 """
 
 import functools
+import inspect
 
 import jax
 import keras
@@ -31,12 +32,23 @@ def eager_step(model, body, where, state, x, index):
 
 
 def _stateless(model, body, trainable, non_trainable, state, x, index):
+    takes_training = _takes_training(type(model))
+
     def run_model(inputs, **kwargs):
+        if not takes_training:  # as `Layer.__call__`, which this bypasses
+            kwargs.pop("training", None)
         return model.stateless_call(
             trainable, non_trainable, inputs, **kwargs
         )[0]
 
     return body(run_model, state, x, index)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_training(model_class) -> bool:
+    parameters = inspect.signature(model_class.call).parameters.values()
+    return any(p.name == "training" or p.kind is p.VAR_KEYWORD
+               for p in parameters)
 
 
 def _variable_values(model):
